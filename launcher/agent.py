@@ -1,0 +1,121 @@
+"""NodeAgent: the Ray actor that owns one node's share of a job's ranks.
+
+One agent per placement-group bundle (one bundle per node). It spawns the local rank
+processes, reads their heartbeats, reports exits with the tail of their logs, and kills their
+process trees on request. Training never runs inside the actor: a rank stuck in a collective
+cannot be interrupted from inside, but its process group can be killed whole.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from launcher import heartbeat, procs
+from launcher.layout import JobDir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RankStatus:
+    rank: int
+    pid: int
+    create_time: float
+    exit_code: int | None
+    heartbeat: dict[str, Any] | None
+    log_tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AgentReport:
+    node: str
+    ranks: list[RankStatus]
+    new_children: list[tuple[int, float, int]]   # (pid, create_time, rank) seen for the first time
+    time: float = field(default_factory=time.time)
+
+
+def tail(path: Path, lines: int = 40) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            return [line.decode(errors="replace") for line in deque(f.read().splitlines(), maxlen=lines)]
+    except FileNotFoundError:
+        return []
+
+
+class NodeAgent:
+    def __init__(self, run_id: str, job: str, attempt: int, node_rank: int, ranks: list[int], world_size: int,
+                 job_dir: str):
+        self.run_id, self.job, self.attempt = run_id, job, attempt
+        self.node_rank, self.ranks, self.world_size = node_rank, ranks, world_size
+        self.jd = JobDir(Path(job_dir))
+        self.children: dict[int, tuple[Any, procs.Owned]] = {}
+        self.known: dict[int, procs.Owned] = {}
+
+    def info(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        gpus = [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+        return {"node": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(), "host": socket.gethostname(),
+                "gpus": gpus, "pid": os.getpid()}
+
+    def free_port(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+
+    def start(self, job_file: str, master_addr: str, master_port: int, extra_env: dict[str, str]) -> list[dict[str, Any]]:
+        info = self.info()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_ADDRESS"}
+        env.update(extra_env)
+        # All local ranks see the job's GPUs on this node; LOCAL_RANK picks one (NCCL peer-to-peer).
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(info["gpus"])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        started = []
+        for local_rank, rank in enumerate(self.ranks):
+            renv = dict(env, RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(self.world_size),
+                        LOCAL_WORLD_SIZE=str(len(self.ranks)), NODE_RANK=str(self.node_rank),
+                        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), SL_NODE_ID=info["node"],
+                        SL_ATTEMPT=str(self.attempt), SL_JOB=self.job, **{procs.RUN_MARKER: self.run_id})
+            log = self.jd.rank_log(self.attempt, rank)
+            proc, owned = procs.spawn([sys.executable, "-u", "-m", "methods", job_file], renv, log, REPO_ROOT)
+            self.children[rank] = (proc, owned)
+            self.known[owned.pid] = owned
+            started.append({"rank": rank, "pid": owned.pid, "create_time": owned.create_time, "pgid": owned.pid,
+                            "node": info["node"]})
+        return started
+
+    def poll(self) -> dict[str, Any]:
+        ranks, new = [], []
+        for rank, (proc, owned) in self.children.items():
+            code = proc.poll()
+            if code is None:
+                for d in procs.descendants(owned, self.run_id):
+                    if d.pid not in self.known:
+                        self.known[d.pid] = d
+                        new.append((d.pid, d.create_time, rank))
+            hb = heartbeat.read(self.jd.heartbeat(rank))
+            hb_dict = asdict(hb) if hb and hb.attempt == self.attempt else None
+            ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, hb_dict,
+                                    tail(self.jd.rank_log(self.attempt, rank)) if code is not None else []))
+        return asdict(AgentReport(node=ray.get_runtime_context().get_node_id(), ranks=ranks, new_children=new))
+
+    def stop(self, grace: float = 10.0) -> dict[str, Any]:
+        """TERM → grace → KILL the rank groups, then sweep every descendant we ever saw."""
+        leaders = [owned for _, owned in self.children.values()]
+        alive = procs.terminate_tree(leaders, list(self.known.values()), self.run_id, grace)
+        codes = {rank: proc.poll() for rank, (proc, _) in self.children.items()}
+        return {"exit_codes": codes, "still_alive": [o.pid for o in alive]}
+
+
+RemoteAgent = ray.remote(NodeAgent)

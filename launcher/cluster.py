@@ -1,0 +1,78 @@
+"""Starting or joining Ray, and reading the cluster's shape (GPUs per node, GPU types)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from launcher.resources import ClusterShape, NodeShape
+
+GPU_TYPE_RE = re.compile(r"\b(H200|H100|H20|A100|A800|H800|L40S|L40|L4|A10G|A10|V100|T4|RTX\s?\d{4})\b", re.I)
+
+
+def gpu_type_of(name: str) -> str | None:
+    m = GPU_TYPE_RE.search(name)
+    return m.group(1).upper().replace(" ", "") if m else None
+
+
+def local_gpus() -> tuple[int, str | None]:
+    """(count, type) of this machine's NVIDIA GPUs; (0, None) where NVML is absent (CPU machines, CI)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError_LibraryNotFound and friends: no GPUs here
+        return 0, None
+    try:
+        n = pynvml.nvmlDeviceGetCount()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0)) if n else ""
+        return n, gpu_type_of(name if isinstance(name, str) else name.decode())
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    address: str | None = None            # None: start a local Ray owned by the driver
+    simulate_gpus: int | None = None      # logical GPUs for a machine without any
+    gpu_type: str | None = None           # type declared for the local node (simulation)
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    namespace: str = "safety-launcher"
+
+
+def planned_local_shape(opts: ClusterOptions) -> tuple[ClusterShape, int | None]:
+    """The local node as it will be started, and the num_gpus to declare (None: let Ray detect)."""
+    count, kind = local_gpus()
+    if count and not opts.simulate_gpus:
+        return ClusterShape.single(count, kind), None
+    n = opts.simulate_gpus or 2
+    return ClusterShape.single(n, opts.gpu_type), n
+
+
+def start(opts: ClusterOptions, declare_gpus: int | None) -> Any:
+    import ray
+
+    if opts.address:
+        return ray.init(address=opts.address, namespace=opts.namespace, log_to_driver=False)
+    resources = {f"accelerator_type:{opts.gpu_type}": 1.0} if opts.gpu_type else None
+    # Simulated GPUs are logical: give Ray enough logical CPUs that CPU never limits placement.
+    num_cpus = max(os.cpu_count() or 1, 2 * (declare_gpus or 0)) if declare_gpus else None
+    return ray.init(num_gpus=declare_gpus, num_cpus=num_cpus, resources=resources, namespace=opts.namespace,
+                    include_dashboard=opts.dashboard, dashboard_host=opts.dashboard_host,
+                    dashboard_port=opts.dashboard_port, log_to_driver=False)
+
+
+def shape_from_ray() -> ClusterShape:
+    import ray
+
+    nodes = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        kinds = [k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")]
+        nodes.append(NodeShape(n["NodeID"], int(res.get("GPU", 0)), kinds[0] if kinds else None))
+    return ClusterShape(tuple(nodes))

@@ -1,0 +1,323 @@
+"""The driver: runs a validated plan on Ray and keeps the journal.
+
+Jobs whose needs succeeded get a placement group (one bundle per node), one NodeAgent per
+bundle spawns the ranks, and the supervisor's verdicts decide finish / restart / fail.
+Only this process writes run.db.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from launcher import checkpoints, dsconfig, rundir
+from launcher.agent import RemoteAgent
+from launcher.atomic import read_json
+from launcher.journal import Journal, ProcessRecord
+from launcher.layout import RunDir
+from launcher.plan import Job, Plan
+from launcher.resources import ClusterShape
+from launcher.spec import Resources
+from launcher.supervisor import AttemptWatch, Observation, decide_retry
+
+log = logging.getLogger("launcher")
+POLL_S = 0.5
+RPC_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Attempt:
+    n: int
+    pg: PlacementGroup
+    ready_ref: Any = None             # pg.ready() once: each call schedules a new task in the group
+    agents: list[Any] = field(default_factory=list)
+    watch: AttemptWatch | None = None
+    resumed_from: str | None = None
+    start_step: int = 0
+    placement: list[dict[str, Any]] = field(default_factory=list)
+    last_step_logged: float = 0.0
+
+
+@dataclass
+class JobRun:
+    job: Job
+    state: str = "pending"            # pending | placing | running | waiting | succeeded | failed | skipped | killed
+    attempts: int = 0
+    restarts_without_progress: int = 0
+    retry_at: float = 0.0
+    current: Attempt | None = None
+    learned_step_timeout: float | None = None
+    bad_checkpoints: set[Path] = field(default_factory=set)
+    last_ckpt_step: int = -1
+
+
+class Driver:
+    def __init__(self, plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], shape: ClusterShape):
+        self.plan, self.rd, self.journal, self.env, self.shape = plan, rd, journal, env, shape
+        self.held: dict[str, int] = {}    # node id -> GPUs held by this run's placed jobs
+        self.run_id = rd.root.name
+        self.jobs = {name: JobRun(job) for name, job in plan.jobs.items()}
+        self.priority = plan.graph.critical_path({n: float(j.config.resources.world_size) for n, j in plan.jobs.items()})
+        self.stop_requested = threading.Event()
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> str:
+        self._install_signal_handlers()
+        self.journal.set_run(state="running")
+        try:
+            while not self._finished():
+                if self.stop_requested.is_set():
+                    self._kill_all("the driver was asked to stop")
+                    break
+                self._skip_blocked()
+                # Place as many ready jobs as fit now, each started before the next is asked for.
+                while (placed := self._place_ready()) is not None:
+                    self._maybe_start(placed, wait=2.0)
+                    if placed.state == "placing":
+                        break
+                for jr in self.jobs.values():
+                    if jr.state == "placing":
+                        self._maybe_start(jr)
+                    elif jr.state == "running":
+                        self._poll(jr)
+                    elif jr.state == "waiting" and time.time() >= jr.retry_at:
+                        jr.state = "pending"
+                time.sleep(POLL_S)
+        except BaseException:
+            self._kill_all("the driver crashed")
+            raise
+        states = {jr.state for jr in self.jobs.values()}
+        final = "succeeded" if states == {"succeeded"} else ("killed" if "killed" in states else "failed")
+        self.journal.set_run(state=final, ended=time.time())
+        self.journal.event("run", f"run {final}")
+        return final
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self.stop_requested.set())
+
+    def _finished(self) -> bool:
+        return all(jr.state in ("succeeded", "failed", "skipped", "killed") for jr in self.jobs.values())
+
+    def _say(self, msg: str, job: str | None = None, kind: str = "info", **data: Any) -> None:
+        log.info("%s%s", f"{job}: " if job else "", msg)
+        self.journal.event(kind, msg, job=job, **data)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _skip_blocked(self) -> None:
+        for name, jr in self.jobs.items():
+            if jr.state != "pending":
+                continue
+            bad = [u for u in jr.job.needs if self.jobs[u].state in ("failed", "skipped", "killed")]
+            if bad:
+                jr.state = "skipped"
+                reason = f"needs {bad[0]}, which {self.jobs[bad[0]].state}"
+                self.journal.set_job(name, state="skipped", reason=reason)
+                self._say(f"skipped: {reason}", name)
+
+    def _place_ready(self) -> JobRun | None:
+        """Highest critical path first; one placement group pending at a time so order is kept."""
+        if any(jr.state == "placing" for jr in self.jobs.values()):
+            return None
+        ready = [jr for jr in self.jobs.values() if jr.state == "pending"
+                 and all(self.jobs[u].state == "succeeded" for u in jr.job.needs)]
+        if not ready:
+            return None
+        jr = max(ready, key=lambda j: (self.priority[j.job.name], -list(self.jobs).index(j.job.name)))
+        r = jr.job.config.resources
+        # Ask Ray only when our own books say it fits now: a placement group that must wait is
+        # retried by Ray with a growing back-off (minutes), long after the GPUs came free.
+        if not self._fits_now(r):
+            return None
+        bundle: dict[str, float] = {"GPU": float(r.gpus_per_node)}
+        if r.cpus_per_rank:
+            bundle["CPU"] = r.cpus_per_rank * r.gpus_per_node
+        if r.gpu_type:
+            bundle[f"accelerator_type:{r.gpu_type}"] = 0.001
+        strategy = "STRICT_PACK" if r.nodes == 1 else "STRICT_SPREAD"
+        pg = placement_group([dict(bundle) for _ in range(r.nodes)], strategy=strategy,
+                             name=f"{self.run_id}/{jr.job.name}/{jr.attempts + 1}")
+        jr.attempts += 1
+        jr.current = Attempt(n=jr.attempts, pg=pg)
+        jr.state = "placing"
+        self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
+                  f"(attempt {jr.attempts})", jr.job.name)
+        return jr
+
+    def _fits_now(self, r: Resources) -> bool:
+        free = [n for n in self.shape.nodes if n.gpus - self.held.get(n.node_id, 0) >= r.gpus_per_node
+                and (r.gpu_type is None or (n.gpu_type or "").lower() == r.gpu_type.lower())]
+        return len(free) >= r.nodes
+
+    def _hold(self, placement: list[dict[str, Any]], sign: int) -> None:
+        for p in placement:
+            self.held[p["node"]] = self.held.get(p["node"], 0) + sign * len(p["gpus"])
+
+    def _maybe_start(self, jr: JobRun, wait: float = 0.0) -> None:
+        a = jr.current
+        assert a is not None
+        if a.ready_ref is None:
+            a.ready_ref = a.pg.ready()
+        ready, _ = ray.wait([a.ready_ref], timeout=wait)
+        if not ready:
+            return
+        job, r = jr.job, jr.job.config.resources
+        resume = checkpoints.latest_complete(self.rd.job(job.name).checkpoints, jr.bad_checkpoints)
+        a.resumed_from = str(resume) if resume else None
+        a.start_step = checkpoints.step_of(resume) or 0 if resume else 0
+        a.watch = AttemptWatch(job.config.hang, learned_step_timeout=jr.learned_step_timeout)
+        jf = rundir.job_file(self.plan, job, self.rd, a.n, a.resumed_from)
+        path = rundir.write_job_file(jf, self.rd)
+        try:
+            for i in range(r.nodes):
+                strat = PlacementGroupSchedulingStrategy(placement_group=a.pg, placement_group_bundle_index=i)
+                a.agents.append(RemoteAgent.options(
+                    name=f"{self.run_id}/{job.name}/node{i}", num_gpus=r.gpus_per_node,
+                    num_cpus=r.cpus_per_rank * r.gpus_per_node, scheduling_strategy=strat, max_restarts=0,
+                ).remote(self.run_id, job.name, a.n, i, list(range(i * r.gpus_per_node, (i + 1) * r.gpus_per_node)),
+                         r.world_size, str(self.rd.job(job.name).root)))
+            infos = ray.get([ag.info.remote() for ag in a.agents], timeout=RPC_TIMEOUT_S)
+            port = ray.get(a.agents[0].free_port.remote(), timeout=RPC_TIMEOUT_S)
+            started = ray.get([ag.start.remote(str(path), infos[0]["ip"], port, self.env.get(job.name, {}))
+                               for ag in a.agents], timeout=RPC_TIMEOUT_S)
+        except (RayActorError, GetTimeoutError) as e:
+            self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
+            return
+        a.placement = [{"node": inf["node"], "host": inf["host"], "gpus": inf["gpus"]} for inf in infos]
+        self._hold(a.placement, +1)
+        self.journal.start_attempt(job.name, a.n, a.placement, a.resumed_from, a.start_step)
+        self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
+                                    for group in started for s in group])
+        jr.state = "running"
+        where = "; ".join(f"{p['host']}:{p['node'][:8]} GPUs {','.join(p['gpus'])}" for p in a.placement)
+        self._say(f"attempt {a.n} started on {where}" + (f", resuming from {resume.name}" if resume else ""), job.name)
+
+    # ------------------------------------------------------------------ supervision
+
+    def _poll(self, jr: JobRun) -> None:
+        a = jr.current
+        assert a is not None and a.watch is not None
+        try:
+            reports = ray.get([ag.poll.remote() for ag in a.agents], timeout=RPC_TIMEOUT_S)
+        except (RayActorError, GetTimeoutError) as e:
+            self._attempt_failed(jr, Observation("lost", detail=f"node agent lost: {type(e).__name__}"))
+            return
+        ranks = [r for rep in reports for r in rep["ranks"]]
+        children = [ProcessRecord(jr.job.name, a.n, rank, rep["node"], pid, ct, None, "child")
+                    for rep in reports for pid, ct, rank in rep["new_children"]]
+        if children:
+            self.journal.add_processes(children)
+        obs = a.watch.observe(ranks)
+        jr.learned_step_timeout = a.watch.learned_step_timeout
+        self._record_progress(jr, obs)
+        if obs.verdict == "running":
+            return
+        if obs.verdict == "done":
+            self._attempt_done(jr, obs)
+        else:
+            self._attempt_failed(jr, obs)
+
+    def _record_progress(self, jr: JobRun, obs: Observation) -> None:
+        a = jr.current
+        assert a is not None
+        name = jr.job.name
+        self.journal.set_job(name, step=obs.step, total_steps=obs.total_steps, loss=obs.loss, heartbeat_time=time.time())
+        for ck in checkpoints.complete_checkpoints(self.rd.job(name).checkpoints):
+            step = checkpoints.step_of(ck) or 0
+            if step > jr.last_ckpt_step:
+                jr.last_ckpt_step = step
+                jr.restarts_without_progress = 0
+                self.journal.record_checkpoint(name, a.n, step, str(ck), True)
+        if time.time() - a.last_step_logged > 10 and obs.total_steps:
+            a.last_step_logged = time.time()
+            loss = f", loss {obs.loss:.4f}" if obs.loss is not None else ""
+            log.info("%s: step %d/%d%s", name, obs.step, obs.total_steps, loss)
+
+    def _release(self, a: Attempt, grace: float) -> dict[int, int | None]:
+        """Stop ranks (verified kills), then free the agents and the placement group."""
+        codes: dict[int, int | None] = {}
+        try:
+            for res in ray.get([ag.stop.remote(grace) for ag in a.agents], timeout=grace + 60):
+                codes.update({int(k): v for k, v in res["exit_codes"].items()})
+                if res["still_alive"]:
+                    log.warning("processes still alive after kill: %s", res["still_alive"])
+        except (RayActorError, GetTimeoutError) as e:
+            log.warning("stopping agents: %s", e)
+        for ag in a.agents:
+            ray.kill(ag, no_restart=True)
+        remove_placement_group(a.pg)
+        self._hold(a.placement, -1)
+        return codes
+
+    def _attempt_done(self, jr: JobRun, obs: Observation) -> None:
+        a = jr.current
+        assert a is not None
+        name = jr.job.name
+        self._release(a, grace=5.0)
+        result = read_json(self.rd.job(name).result) or {}
+        ok = result.get("status") == "succeeded"
+        self.journal.end_attempt(name, a.n, "succeeded" if ok else "failed", None, obs.exit_codes, obs.step)
+        jr.state = "succeeded" if ok else "failed"
+        reason = None if ok else f"ranks exited 0 but result.json says {result.get('status', 'nothing')!r}"
+        self.journal.set_job(name, state=jr.state, reason=reason, step=obs.step)
+        self._say(f"{jr.state}" + (f": {reason}" if reason else f" at step {obs.step}"), name)
+
+    def _attempt_failed(self, jr: JobRun, obs: Observation) -> None:
+        a = jr.current
+        assert a is not None
+        name = jr.job.name
+        codes = self._release(a, grace=10.0)
+        codes.update({k: v for k, v in obs.exit_codes.items() if v is not None})
+        lost = max(0, obs.step - (jr.last_ckpt_step if jr.last_ckpt_step >= 0 else 0))
+        self.journal.end_attempt(name, a.n, "failed", obs.verdict, codes, obs.step, lost, obs.detail)
+        self._say(f"attempt {a.n} failed ({obs.verdict}): {obs.detail}", name, kind="failure")
+        if obs.verdict == "oom":
+            self._halve_batch(jr)
+        d = decide_retry(jr.job.config.retry, jr.attempts - 1, jr.restarts_without_progress, obs.verdict)
+        if d.retry:
+            jr.restarts_without_progress += 1
+            jr.state, jr.retry_at = "waiting", time.time() + d.delay
+            self.journal.set_job(name, state="pending", reason=d.reason)
+        else:
+            jr.state = "failed"
+            self.journal.set_job(name, state="failed", reason=d.reason)
+        self._say(d.reason, name)
+
+    def _halve_batch(self, jr: JobRun) -> None:
+        """OOM: half the micro-batch, twice the accumulation: the effective batch is unchanged."""
+        t = jr.job.config.training
+        if t.batch_size < 2:
+            return
+        before = (t.batch_size, t.grad_accum)
+        t.batch_size, t.grad_accum = t.batch_size // 2, t.grad_accum * 2
+        if jr.job.ds_config is not None:
+            jr.job.ds_config = dsconfig.resolve({**jr.job.ds_config, "train_micro_batch_size_per_gpu": "auto",
+                                                 "gradient_accumulation_steps": "auto", "train_batch_size": "auto"},
+                                                t, jr.job.config.resources.world_size)
+        self._say(f"OOM: batch {before[0]}x{before[1]} -> {t.batch_size}x{t.grad_accum} (effective batch kept)",
+                  jr.job.name, kind="change")
+
+    def _kill_all(self, why: str) -> None:
+        for name, jr in self.jobs.items():
+            if jr.state in ("running", "placing") and jr.current is not None:
+                codes = self._release(jr.current, grace=10.0)
+                if jr.state == "running":
+                    self.journal.end_attempt(name, jr.current.n, "killed", "killed", codes, None, detail=why)
+            if jr.state not in ("succeeded", "failed", "skipped"):
+                jr.state = "killed"
+                self.journal.set_job(name, state="killed", reason=why)
+        self._say(f"run stopped: {why}")

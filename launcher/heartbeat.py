@@ -1,0 +1,44 @@
+"""Heartbeats: each rank rewrites one small JSON file atomically; its agent reads it.
+
+A file per rank (not a socket) so that a rank stuck in a collective still leaves its last
+known step and phase behind, and the agent can tell "slow" from "stopped".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from launcher.atomic import read_json, write_json
+
+Phase = Literal["loading", "training", "evaluating", "saving", "done"]
+
+
+@dataclass
+class Heartbeat:
+    rank: int
+    step: int
+    total_steps: int
+    phase: Phase
+    time: float = field(default_factory=time.time)
+    pid: int = 0
+    loss: float | None = None
+    torch_max_allocated_mib: float | None = None
+    torch_max_reserved_mib: float | None = None
+    attempt: int = 1
+
+
+def write(path: Path, hb: Heartbeat) -> None:
+    write_json(path, asdict(hb))
+
+
+def read(path: Path) -> Heartbeat | None:
+    data = read_json(path)
+    if not data:
+        return None
+    try:
+        return Heartbeat(**data)
+    except TypeError:
+        return None

@@ -1,0 +1,87 @@
+"""Where things live in a run directory. One place, so driver, agents, ranks and CLI agree.
+
+runs/<run-id>/plan.yaml  run.db  driver.log
+runs/<run-id>/jobs/<job>/job-<attempt>.json  logs/attempt-<n>/rank-<r>.log  heartbeat/rank-<r>.json
+                         checkpoints/checkpoint-<step>/  metrics.jsonl  result.json  adapter/  seen/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class JobDir:
+    root: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def attempt_logs(self, attempt: int) -> Path:
+        return self.logs / f"attempt-{attempt}"
+
+    def rank_log(self, attempt: int, rank: int) -> Path:
+        return self.attempt_logs(attempt) / f"rank-{rank}.log"
+
+    def job_file(self, attempt: int) -> Path:
+        return self.root / f"job-{attempt}.json"
+
+    @property
+    def heartbeats(self) -> Path:
+        return self.root / "heartbeat"
+
+    def heartbeat(self, rank: int) -> Path:
+        return self.heartbeats / f"rank-{rank}.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def seen(self) -> Path:
+        """What each rank saw of its environment (devices, node, rank ids): evidence for tests and audits."""
+        return self.root / "seen"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.yaml"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "run.db"
+
+    @property
+    def driver_log(self) -> Path:
+        return self.root / "driver.log"
+
+    def job(self, name: str) -> JobDir:
+        return JobDir(self.root / "jobs" / name)
+
+
+# Outputs a job offers to its dependants through ${job.<output>} references.
+OUTPUTS = {
+    "dir": lambda j: j.root,
+    "adapter": lambda j: j.adapter,
+    "result": lambda j: j.result,
+    "metrics": lambda j: j.metrics,
+    "checkpoints": lambda j: j.checkpoints,
+}

@@ -1,0 +1,408 @@
+"""Experiment plans: load YAML, apply --set, merge defaults, expand matrices, validate everything.
+
+Every problem is collected (not just the first) and reported with the file, the key path and
+what is expected, before anything starts. See docs in README "Plan reference".
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from launcher import dsconfig
+from launcher.graph import JobGraph, find_cycle
+from launcher.layout import OUTPUTS
+from launcher.resources import ClusterShape
+from launcher.spec import (CheckpointSpec, DataSource, HangSpec, ModelSpec, Resources, RetrySpec,
+                           TrainingSpec)
+from methods.registry import METHODS
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+REF_RE = re.compile(r"\$\{([A-Za-z0-9_.=-]+)\.([a-z_]+)\}")
+HUB_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+
+class PlanError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class JobConfig(BaseModel):
+    """One job as written in the plan (after defaults are merged in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(..., description="sft | synthetic | ... (see methods/registry.py)")
+    params: dict[str, Any] = Field(default_factory=dict, description="method parameters, validated per method")
+    model: ModelSpec | None = None
+    data: dict[str, DataSource | str] = Field(default_factory=dict, description="role -> data source (train, harmful, guide, eval)")
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    deepspeed: str | None = Field("zero2", description="a name from ds_configs/ (zero1, zero2, zero3, zero3_offload) or a path; null for none")
+    resources: Resources = Field(default_factory=Resources)
+    needs: list[str] = Field(default_factory=list, description="upstream jobs (a swept job's base name means all its children)")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    hang: HangSpec = Field(default_factory=HangSpec)
+    env: dict[str, str] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict, description="sweep: key (a param, or a dotted path) -> values")
+    name_template: str | None = Field(None, description="name of each sweep child, e.g. {model}_{method}_f_{rho}")
+
+
+class PlanFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str | None = None
+    defaults: dict[str, Any] = Field(default_factory=dict, description="merged into every job (the job's own keys win)")
+    jobs: dict[str, dict[str, Any]] = Field(..., min_length=1)
+
+
+@dataclass
+class Job:
+    """A fully resolved job: what the scheduler runs."""
+
+    name: str
+    base: str
+    config: JobConfig
+    method_params: dict[str, Any]
+    data: dict[str, DataSource]
+    needs: tuple[str, ...]
+    ds_name: str | None
+    ds_config: dict[str, Any] | None
+    sweep: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    file: Path
+    name: str
+    jobs: dict[str, Job]          # in dependency order
+    raw: dict[str, Any]           # after --set, before defaults: what the run directory records
+
+    @property
+    def graph(self) -> JobGraph:
+        return JobGraph({n: j.needs for n, j in self.jobs.items()})
+
+
+# --------------------------------------------------------------------------- raw YAML handling
+
+def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` wins; nested mappings merge, everything else (lists included) is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_set(raw: dict[str, Any], assignment: str) -> None:
+    """`key.path=value`, value parsed as YAML (so 3, 0.1, true, [1,2] get their types)."""
+    if "=" not in assignment:
+        raise ValueError(f"--set {assignment!r}: expected key.path=value")
+    path, value = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ValueError(f"--set {assignment!r}: empty key in {path!r}")
+    node = raw
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ValueError(f"--set {assignment!r}: {k!r} is not a mapping")
+        node = nxt
+    node[keys[-1]] = yaml.safe_load(value) if value != "" else ""
+
+
+def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def _fmt(v: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]", "-", str(v))
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterShape | None = None,
+              repo_root: Path | None = None) -> Plan:
+    """Load and validate; raises PlanError listing every problem found."""
+    path = Path(path)
+    fname = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PlanError([Problem(fname, "(file)", "no such plan file")])
+    except yaml.YAMLError as e:
+        raise PlanError([Problem(fname, "(yaml)", f"not valid YAML: {e}")])
+    if not isinstance(raw, dict):
+        raise PlanError([Problem(fname, "(top)", "expected a mapping with 'jobs:' (and optional name, defaults)")])
+    problems: list[Problem] = []
+    for s in sets or []:
+        try:
+            apply_set(raw, s)
+        except ValueError as e:
+            problems.append(Problem(fname, "--set", str(e)))
+    try:
+        top = PlanFile.model_validate(raw)
+    except ValidationError as e:
+        raise PlanError(problems + _pyd_problems(fname, (), e))
+    ctx = _Ctx(fname, path.parent.resolve(), repo_root or Path(__file__).resolve().parent.parent, cluster, problems)
+    jobs = ctx.expand(top)
+    if not problems:
+        ctx.check_graph(jobs)
+    if problems:
+        raise PlanError(problems)
+    order = JobGraph({n: j.needs for n, j in jobs.items()}).order()
+    return Plan(file=path.resolve(), name=top.name or path.stem, jobs={n: jobs[n] for n in order}, raw=raw)
+
+
+def _pyd_problems(fname: str, prefix: tuple[Any, ...], e: ValidationError) -> list[Problem]:
+    out = []
+    for err in e.errors():
+        loc = prefix + tuple(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the plan reference in README)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append(Problem(fname, _loc(loc), msg))
+    return out
+
+
+@dataclass
+class _Ctx:
+    fname: str
+    plan_dir: Path
+    repo_root: Path
+    cluster: ClusterShape | None
+    problems: list[Problem]
+
+    def err(self, key: str, msg: str) -> None:
+        self.problems.append(Problem(self.fname, key, msg))
+
+    def expand(self, top: PlanFile) -> dict[str, Job]:
+        jobs: dict[str, Job] = {}
+        self.children: dict[str, list[str]] = {}
+        for base, body in top.jobs.items():
+            where = f"jobs.{base}"
+            if not NAME_RE.match(base):
+                self.err(where, "job names use letters, digits, _ . = - only")
+                continue
+            if not isinstance(body, dict):
+                self.err(where, "expected a mapping (method, params, ...)")
+                continue
+            merged = deep_merge(top.defaults, body)
+            matrix = merged.get("matrix") or {}
+            if not isinstance(matrix, dict):
+                self.err(f"{where}.matrix", "expected a mapping of key -> list of values")
+                continue
+            combos = [dict(zip(matrix, vals)) for vals in itertools.product(*matrix.values())] if matrix else [{}]
+            if matrix and any(not isinstance(v, list) or not v for v in matrix.values()):
+                self.err(f"{where}.matrix", "each matrix key needs a non-empty list of values")
+                continue
+            names = []
+            for combo in combos:
+                job = self._one(base, where, merged, combo)
+                if job is None:
+                    continue
+                if job.name in jobs:
+                    self.err(where, f"two jobs are named {job.name!r}; make name_template include every matrix key")
+                    continue
+                jobs[job.name] = job
+                names.append(job.name)
+            self.children[base] = names
+        return jobs
+
+    def _one(self, base: str, where: str, merged: dict[str, Any], combo: dict[str, Any]) -> Job | None:
+        body = copy.deepcopy(merged)
+        for key, value in combo.items():
+            _set_path(body, key if "." in key else f"params.{key}", value)
+        try:
+            cfg = JobConfig.model_validate(body)
+        except ValidationError as e:
+            self.problems.extend(_pyd_problems(self.fname, ("jobs", base), e))
+            return None
+        info = METHODS.get(cfg.method)
+        if info is None:
+            self.err(f"{where}.method", f"unknown method {cfg.method!r}; expected one of {', '.join(sorted(METHODS))}")
+            return None
+        try:
+            params = info.params.model_validate(cfg.params).model_dump()
+        except ValidationError as e:
+            self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), e))
+            return None
+        name = self._name(base, where, cfg, params, combo)
+        if name is None:
+            return None
+        if info.needs_model and cfg.model is None:
+            self.err(f"{where}.model", f"method {cfg.method} needs a model (path, gguf or tiny)")
+        if cfg.model is not None:
+            self._check_model(f"{where}.model", cfg.model)
+        data = self._data(where, cfg, info)
+        ds_name, ds_config = self._deepspeed(where, cfg, info.uses_deepspeed)
+        if self.cluster is not None:
+            why = self.cluster.why_not(cfg.resources)
+            if why:
+                self.err(f"{where}.resources", why)
+        return Job(name=name, base=base, config=cfg, method_params=params, data=data, needs=tuple(cfg.needs),
+                   ds_name=ds_name, ds_config=ds_config, sweep=combo)
+
+    def _name(self, base: str, where: str, cfg: JobConfig, params: dict[str, Any], combo: dict[str, Any]) -> str | None:
+        if not combo and not cfg.name_template:
+            return base
+        if cfg.name_template:
+            fields = {**params, **{k.rsplit(".", 1)[-1]: v for k, v in combo.items()}, "job": base, "method": cfg.method,
+                      "model": cfg.model.short_name() if cfg.model else "none"}
+            try:
+                name = cfg.name_template.format(**{k: _fmt(v) for k, v in fields.items()})
+            except (KeyError, IndexError, ValueError) as e:
+                self.err(f"{where}.name_template", f"unknown field {e} in {cfg.name_template!r}; "
+                         f"available: {', '.join(sorted(fields))}")
+                return None
+        else:
+            name = base + "." + ".".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in combo.items())
+        if not NAME_RE.match(name):
+            self.err(f"{where}.name_template", f"gives {name!r}, not a valid job name (letters, digits, _ . = -)")
+            return None
+        return name
+
+    def _local(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.plan_dir / p).resolve()
+
+    def _check_model(self, where: str, m: ModelSpec) -> None:
+        if m.path and not REF_RE.search(m.path) and not self._local(m.path).exists() and not HUB_RE.match(m.path):
+            self.err(f"{where}.path", f"{m.path!r} is neither an existing directory nor a hub id (org/name)")
+        if m.path and self._local(m.path).exists():
+            m.path = str(self._local(m.path))
+        if m.gguf and m.gguf != "smollm2" and not REF_RE.search(m.gguf):
+            if not self._local(m.gguf).is_file():
+                self.err(f"{where}.gguf", f"no GGUF file at {self._local(m.gguf)} (or use gguf: smollm2)")
+            else:
+                m.gguf = str(self._local(m.gguf))
+
+    def _data(self, where: str, cfg: JobConfig, info: Any) -> dict[str, DataSource]:
+        out: dict[str, DataSource] = {}
+        allowed = set(info.required_data) | set(info.optional_data)
+        for role in info.required_data:
+            if role not in cfg.data:
+                self.err(f"{where}.data.{role}", f"method {cfg.method} needs data role {role!r}")
+        for role, src in cfg.data.items():
+            key = f"{where}.data.{role}"
+            if role not in allowed:
+                self.err(key, f"method {cfg.method} takes no data role {role!r}; "
+                         f"expected {', '.join(sorted(allowed)) or 'none'}")
+                continue
+            ds = DataSource(source=src) if isinstance(src, str) else src
+            local = self._local(ds.source)
+            if REF_RE.search(ds.source):
+                pass  # an upstream output: exists only once that job ran
+            elif local.exists():
+                ds = ds.model_copy(update={"source": str(local)})
+            elif HUB_RE.match(ds.source) and not Path(ds.source).suffix:
+                pass  # full hub name, e.g. stanfordnlp/sst2
+            else:
+                self.err(key, f"missing data file {local} (a local path relative to the plan, "
+                         f"or a full hub name such as stanfordnlp/sst2; a bare name like 'sst2' is ambiguous)")
+                continue
+            out[role] = ds
+        return out
+
+    def _deepspeed(self, where: str, cfg: JobConfig, uses: bool) -> tuple[str | None, dict[str, Any] | None]:
+        if cfg.deepspeed is None or not uses:
+            return None, None
+        path = dsconfig.locate(cfg.deepspeed, self.plan_dir, self.repo_root)
+        if path is None:
+            self.err(f"{where}.deepspeed", f"missing ds config {cfg.deepspeed!r}: expected one of "
+                     f"{', '.join(dsconfig.shipped(self.repo_root))} or a path to a JSON file")
+            return cfg.deepspeed, None
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            self.err(f"{where}.deepspeed", f"{path} is not valid JSON: {e}")
+            return str(path), None
+        return str(path), dsconfig.resolve(raw, cfg.training, cfg.resources.world_size)
+
+    def check_graph(self, jobs: dict[str, Job]) -> None:
+        for name, job in list(jobs.items()):
+            where = f"jobs.{job.base}.needs"
+            resolved: list[str] = []
+            for n in job.needs:
+                if n in self.children:
+                    resolved.extend(self.children[n])
+                elif n in jobs:
+                    resolved.append(n)
+                else:
+                    self.err(where, f"unknown job {n!r} in needs; jobs are {', '.join(sorted(self.children))}")
+            job.needs = tuple(dict.fromkeys(r for r in resolved if r != name))
+            self._resolve_refs(job, jobs)
+        if self.problems:
+            return
+        cycle = find_cycle({n: j.needs for n, j in jobs.items()})
+        if cycle:
+            self.err(f"jobs.{jobs[cycle[0]].base}.needs", "dependency cycle: " + " -> ".join(cycle))
+
+    def _resolve_refs(self, job: Job, jobs: dict[str, Job]) -> None:
+        """${up.output} in model/data strings must name a needed job and an output its method makes.
+
+        A swept base name with a single child is rewritten to that child. The references stay
+        symbolic (the run directory is not known yet); rundir.fill_refs turns them into paths.
+        """
+        where = f"jobs.{job.base}"
+
+        def fix(key: str, s: str) -> str:
+            def one(m: re.Match[str]) -> str:
+                up, out = m.group(1), m.group(2)
+                kids = self.children.get(up, [])
+                target = up if up in jobs else (kids[0] if len(kids) == 1 else None)
+                if target is None:
+                    self.err(key, f"${{{up}.{out}}}: " + (f"{up!r} is a sweep; name one child ({', '.join(kids)})"
+                                                          if kids else f"unknown job {up!r}"))
+                elif target not in job.needs:
+                    self.err(key, f"${{{up}.{out}}}: add {up!r} to needs so it runs first")
+                elif out not in OUTPUTS or out not in METHODS[jobs[target].config.method].outputs:
+                    self.err(key, f"${{{up}.{out}}}: {jobs[target].config.method} jobs offer "
+                             f"{', '.join(METHODS[jobs[target].config.method].outputs)}")
+                else:
+                    return "${%s.%s}" % (target, out)
+                return m.group(0)
+            return REF_RE.sub(one, s)
+
+        if job.config.model is not None:
+            for k in ("path", "gguf", "adapter", "tokenizer"):
+                v = getattr(job.config.model, k)
+                if v:
+                    setattr(job.config.model, k, fix(f"{where}.model.{k}", v))
+        for role, d in list(job.data.items()):
+            job.data[role] = d.model_copy(update={"source": fix(f"{where}.data.{role}", d.source)})

@@ -1,0 +1,97 @@
+"""Creating a run directory and the per-attempt job files the ranks read."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher import atomic
+from launcher.layout import OUTPUTS, RunDir
+from launcher.plan import REF_RE, Job, Plan
+from launcher.spec import DataSource, JobFile
+
+SECRET_KEY_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
+ENV_REF_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+REDACTED = "***"
+
+
+def new_run_id(plan: Plan) -> str:
+    return f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def redact(obj: Any) -> Any:
+    """Replace values of secret-looking keys (HF_TOKEN, ...) anywhere in a nested structure."""
+    if isinstance(obj, dict):
+        return {k: (REDACTED if isinstance(k, str) and SECRET_KEY_RE.search(k) and v not in (None, "") else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def job_env(job: Job, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's env block with ${env:NAME} taken from the driver's environment (how tokens get in
+    without being written in a plan). Raises KeyError naming a missing variable."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for k, v in job.config.env.items():
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in environ:
+                raise KeyError(f"jobs.{job.base}.env.{k}: environment variable {m.group(1)} is not set")
+            return environ[m.group(1)]
+        out[k] = ENV_REF_RE.sub(sub, str(v))
+    return out
+
+
+def create(plan: Plan, runs_root: Path, run_id: str | None = None) -> RunDir:
+    run_id = run_id or new_run_id(plan)
+    rd = RunDir((runs_root / run_id).resolve())
+    rd.root.mkdir(parents=True, exist_ok=False)
+    (rd.root / "jobs").mkdir()
+    atomic.write_text(rd.plan, yaml.safe_dump(redact(copy.deepcopy(plan.raw)), sort_keys=False))
+    return rd
+
+
+def fill_refs(s: str, rd: RunDir) -> str:
+    return REF_RE.sub(lambda m: str(OUTPUTS[m.group(2)](rd.job(m.group(1)))), s)
+
+
+def job_file(plan: Plan, job: Job, rd: RunDir, attempt: int, resume_from: str | None) -> JobFile:
+    model = job.config.model.model_copy() if job.config.model else None
+    if model is not None:
+        for k in ("path", "gguf", "adapter", "tokenizer"):
+            v = getattr(model, k)
+            if v:
+                setattr(model, k, fill_refs(v, rd))
+    data = {r: DataSource(**{**d.model_dump(), "source": fill_refs(d.source, rd)}) for r, d in job.data.items()}
+    return JobFile(run_id=rd.root.name, job=job.name, method=job.config.method, params=job.method_params, model=model,
+                   data=data, training=job.config.training, deepspeed=job.ds_config, checkpoint=job.config.checkpoint,
+                   resources=job.config.resources, job_dir=str(rd.job(job.name).root), attempt=attempt,
+                   resume_from=resume_from, upstream={u: str(rd.job(u).root) for u in job.needs})
+
+
+def write_job_file(jf: JobFile, rd: RunDir) -> Path:
+    path = rd.job(jf.job).job_file(jf.attempt)
+    atomic.write_text(path, jf.model_dump_json(indent=2))
+    return path
+
+
+def find_run(runs_root: Path, run: str | None) -> RunDir:
+    """A run by id or path; without one, the newest run under runs_root."""
+    if run:
+        for cand in (Path(run), runs_root / run):
+            if (cand / "run.db").exists():
+                return RunDir(cand.resolve())
+        raise FileNotFoundError(f"no run {run!r} (looked in {runs_root}; pass a run id or a run directory)")
+    runs = [p.parent for p in runs_root.glob("*/run.db")] if runs_root.is_dir() else []
+    if not runs:
+        raise FileNotFoundError(f"no runs under {runs_root}")
+    # plan.yaml is written once, at creation: its mtime orders runs by when they started.
+    return RunDir(max(runs, key=lambda d: (d / "plan.yaml").stat().st_mtime).resolve())

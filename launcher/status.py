@@ -1,0 +1,82 @@
+"""Run status from the journal: the JSON contract for scripts and the table for people.
+
+Reads run.db read-only, so it works while the driver is writing and after the run ended.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from launcher.journal import Journal
+from launcher.layout import RunDir
+
+
+def _loads(s: str | None, default: Any) -> Any:
+    return json.loads(s) if s else default
+
+
+def collect(rd: RunDir) -> dict[str, Any]:
+    """{"run", "dir", "state", "jobs": [{"name", "method", "state", "step", "total_steps", "attempts": [...]}]}"""
+    j = Journal(rd.db, readonly=True)
+    try:
+        run = j.run()
+        attempts: dict[str, list[dict[str, Any]]] = {}
+        pids: dict[tuple[str, int], list[int]] = {}
+        for p in j.processes():
+            if p.role == "rank":
+                pids.setdefault((p.job, p.attempt), []).append(p.pid)
+        for a in j.attempts():
+            attempts.setdefault(a["job"], []).append({
+                "n": a["n"], "state": a["state"], "started": a["started"], "ended": a["ended"],
+                "placement": _loads(a["placement"], []), "pids": pids.get((a["job"], a["n"]), []),
+                "failure": a["failure"], "resumed_from": a["resumed_from"], "exit_codes": _loads(a["exit_codes"], {}),
+                "start_step": a["start_step"], "end_step": a["end_step"], "lost_steps": a["lost_steps"],
+                "detail": a["detail"],
+            })
+        jobs = []
+        for row in j.jobs():
+            att = attempts.get(row["name"], [])
+            jobs.append({
+                "name": row["name"], "method": row["method"], "state": row["state"], "step": row["step"],
+                "total_steps": row["total_steps"], "loss": row["loss"], "needs": _loads(row["needs"], []),
+                "world_size": row["world_size"], "reason": row["reason"], "restarts": max(0, len(att) - 1),
+                "heartbeat_time": row["heartbeat_time"], "attempts": att,
+            })
+        return {"run": run["run_id"], "dir": str(rd.root), "state": run["state"], "created": run["created"],
+                "ended": run["ended"], "plan": run["plan_file"], "jobs": jobs}
+    finally:
+        j.close()
+
+
+def _placement(att: dict[str, Any] | None) -> tuple[str, str]:
+    if not att or not att["placement"]:
+        return "-", "-"
+    nodes = ",".join(p.get("host", p["node"][:8]) for p in att["placement"])
+    gpus = ";".join(",".join(p["gpus"]) for p in att["placement"])
+    return nodes, gpus
+
+
+STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "skipped": "yellow", "killed": "magenta"}
+
+
+def render(st: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    took = (st["ended"] or time.time()) - st["created"]
+    t = Table(title=f"run {st['run']}  [{st['state']}]  {took:.0f}s", title_justify="left")
+    for col in ("job", "method", "state", "attempt", "step", "loss", "node", "GPUs", "restarts", "note"):
+        t.add_column(col, no_wrap=col not in ("note",))
+    for job in st["jobs"]:
+        last = job["attempts"][-1] if job["attempts"] else None
+        node, gpus = _placement(last)
+        step = f"{job['step']}/{job['total_steps']}" if job["total_steps"] else str(job["step"] or "-")
+        style = STATE_STYLE.get(job["state"], "")
+        t.add_row(job["name"], job["method"], f"[{style}]{job['state']}[/]" if style else job["state"],
+                  str(last["n"]) if last else "-", step, f"{job['loss']:.4f}" if job["loss"] is not None else "-",
+                  node, gpus, str(job["restarts"]), job["reason"] or "")
+    console.print(t)
+    console.print(f"dir: {st['dir']}")

@@ -1,0 +1,79 @@
+"""The `synthetic` method: a rank that imports no model and "trains" for N steps.
+
+It writes the same heartbeat, metrics, checkpoint and result files a real job does and can
+inject faults (hang, crash, OOM) so scheduling and recovery are tested cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from launcher import checkpoints, heartbeat
+from launcher.atomic import append_jsonl, read_json, write_json
+from launcher.layout import JobDir
+from launcher.spec import JobFile
+from methods.params import SyntheticParams
+
+CRASH_EXIT = 3
+OOM_MESSAGE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (synthetic fault)"
+
+
+def _faulty(p: SyntheticParams, job: JobFile, rank: int) -> bool:
+    return rank in p.fault_ranks and job.attempt in p.fault_attempts
+
+
+def _start_step(job: JobFile) -> int:
+    if not job.resume_from:
+        return 0
+    state = read_json(Path(job.resume_from) / "state.json")
+    if state is None:
+        raise RuntimeError(f"checkpoint {job.resume_from} has no state.json")
+    return int(state["step"])
+
+
+def run(job: JobFile) -> int:
+    p = SyntheticParams.model_validate(job.params)
+    rank = int(os.environ.get("RANK", "0"))
+    jd = JobDir(Path(job.job_dir))
+    hb_path = jd.heartbeat(rank)
+
+    def beat(step: int, phase: heartbeat.Phase, loss: float | None = None) -> None:
+        heartbeat.write(hb_path, heartbeat.Heartbeat(rank=rank, step=step, total_steps=p.steps, phase=phase,
+                                                     pid=os.getpid(), loss=loss, attempt=job.attempt))
+
+    beat(0, "loading")
+    time.sleep(p.startup_time)
+    step = _start_step(job)
+    print(f"[synthetic] rank {rank} attempt {job.attempt} starting at step {step}/{p.steps}", flush=True)
+    faulty = _faulty(p, job, rank)
+    while step < p.steps:
+        time.sleep(p.step_time)
+        step += 1
+        loss = 1.0 / (step + 1)
+        if faulty and p.crash_at_step == step:
+            print(f"[synthetic] injected crash at step {step}", file=sys.stderr, flush=True)
+            return CRASH_EXIT
+        if faulty and p.oom_at_step == step:
+            print(OOM_MESSAGE, file=sys.stderr, flush=True)
+            return 1
+        if faulty and p.hang_at_step == step:
+            print(f"[synthetic] injected hang at step {step}", flush=True)
+            while True:  # no progress, no exit: only a kill ends this
+                time.sleep(3600)
+        beat(step, "training", loss)
+        if rank == 0:
+            append_jsonl(jd.metrics, {"step": step, "loss": loss, "time": time.time(), "attempt": job.attempt})
+            if step % job.checkpoint.every == 0 or step == p.steps:
+                beat(step, "saving", loss)
+                ckpt = jd.checkpoints / f"checkpoint-{step}"
+                write_json(ckpt / "state.json", {"step": step})
+                checkpoints.mark_complete(ckpt, step)
+                checkpoints.prune(jd.checkpoints, job.checkpoint.keep)
+    beat(step, "done")
+    if rank == 0:
+        status = "failed" if p.fail_result else "succeeded"
+        write_json(jd.result, {"status": status, "metrics": {"steps": step, "final_loss": 1.0 / (step + 1)}})
+    return 0

@@ -1,0 +1,135 @@
+"""Shared test helpers: job files, DeepSpeed configs filled like the launcher fills them, rank processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.layout import JobDir
+from launcher.spec import (CheckpointSpec, DataSource, JobFile, LoraSpec, ModelSpec, Resources, TrainingSpec)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "plans" / "data"
+DS_CONFIGS = REPO / "ds_configs"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_config(name: str, training: TrainingSpec, world_size: int) -> dict[str, Any]:
+    """ds_configs/<name>.json with the batch sizes and clipping filled in as numbers, as the launcher
+    does: DeepSpeed's batch check fails on `"train_batch_size": "auto"` with HF's CPU path."""
+    cfg = json.loads((DS_CONFIGS / f"{name}.json").read_text())
+    cfg["train_micro_batch_size_per_gpu"] = training.batch_size
+    cfg["gradient_accumulation_steps"] = training.grad_accum
+    cfg["train_batch_size"] = training.batch_size * training.grad_accum * world_size
+    cfg["gradient_clipping"] = training.max_grad_norm
+    return cfg
+
+
+def tiny_training(**overrides: Any) -> TrainingSpec:
+    base: dict[str, Any] = dict(max_steps=-1, epochs=1, lr=1e-3, batch_size=2, grad_accum=1, max_length=256,
+                                seed=7, logging_steps=1, lora=LoraSpec(r=4, alpha=8, dropout=0.1))
+    return TrainingSpec(**{**base, **overrides})
+
+
+def make_job(job_dir: Path, **overrides: Any) -> JobFile:
+    """A JobFile for an SFT run on the tiny Llama and the shipped SST-2-style data; fields overridable."""
+    fields: dict[str, Any] = dict(
+        run_id="test-run",
+        job="sft",
+        method="sft",
+        params={"template": "alpaca"},
+        model=ModelSpec(tiny="llama", seed=3),
+        data={"train": DataSource(source=str(DATA / "sst2_mini.jsonl"))},
+        training=tiny_training(),
+        deepspeed=None,
+        checkpoint=CheckpointSpec(every=4, keep=2),
+        resources=Resources(),
+        job_dir=str(job_dir),
+        attempt=1,
+    )
+    fields.update(overrides)
+    return JobFile(**fields)
+
+
+def write_job_file(job_dir: Path, **overrides: Any) -> Path:
+    job = make_job(job_dir, **overrides)
+    path = JobDir(job_dir).job_file(job.attempt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(job.model_dump_json(indent=2))
+    return path
+
+
+def save_random_adapter(path: Path, model_seed: int = 3, lora: LoraSpec | None = None) -> Path:
+    """A LoRA adapter for the tiny Llama with non-zero B (so it changes the function), as a stage-1
+    job would leave behind."""
+    import torch
+    from peft import get_peft_model
+
+    from methods.models import byte_tokenizer, lora_config, tiny_model
+
+    model = get_peft_model(tiny_model("llama", byte_tokenizer(), {}, model_seed),
+                           lora_config(lora or LoraSpec(r=4, alpha=8, dropout=0.0)))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    model.save_pretrained(path)
+    return path
+
+
+@dataclass
+class RankRun:
+    codes: list[int]
+    logs: list[Path]
+    wall_s: float
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-n:]) for p in self.logs)
+
+
+def run_ranks(job_file: Path, world_size: int, timeout: float = 300.0, extra_env: dict[str, str] | None = None) -> RankRun:
+    """Start `python -m methods JOB.json` once per rank, as a node agent would, and wait for all.
+
+    Each rank gets its own session (process group) so a timeout kills exactly what the test started.
+    """
+    job = JobFile.model_validate_json(job_file.read_text())
+    log_dir = JobDir(Path(job.job_dir)).attempt_logs(job.attempt)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    procs, logs = [], []
+    start = time.monotonic()
+    for rank in range(world_size):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO),
+               "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               **(extra_env or {})}
+        log = log_dir / f"rank-{rank}.log"
+        logs.append(log)
+        with open(log, "wb") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "methods", str(job_file)], cwd=REPO, env=env,
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    codes: list[int] = []
+    deadline = start + timeout
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        codes = [p.wait() for p in procs]
+    return RankRun(codes=codes, logs=logs, wall_s=time.monotonic() - start)
