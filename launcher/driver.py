@@ -235,7 +235,10 @@ class Driver:
         a = jr.current
         assert a is not None
         name = jr.job.name
-        self.journal.set_job(name, step=obs.step, total_steps=obs.total_steps, loss=obs.loss, heartbeat_time=time.time())
+        progress: dict[str, Any] = {"step": obs.step, "total_steps": obs.total_steps, "heartbeat_time": time.time()}
+        if obs.loss is not None:  # the final "done" heartbeat carries no loss: keep the last one
+            progress["loss"] = obs.loss
+        self.journal.set_job(name, **progress)
         for ck in checkpoints.complete_checkpoints(self.rd.job(name).checkpoints):
             step = checkpoints.step_of(ck) or 0
             if step > jr.last_ckpt_step:

@@ -174,7 +174,11 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
     try:
         top = PlanFile.model_validate(raw)
     except ValidationError as e:
-        raise PlanError(problems + _pyd_problems(fname, (), e))
+        problems.extend(_pyd_problems(fname, (), e))
+        try:  # a top-level typo alone: still check the jobs, so every problem is reported at once
+            top = PlanFile.model_validate({k: v for k, v in raw.items() if k in PlanFile.model_fields})
+        except ValidationError:
+            raise PlanError(problems)
     ctx = _Ctx(fname, path.parent.resolve(), repo_root or Path(__file__).resolve().parent.parent, cluster, problems)
     jobs = ctx.expand(top)
     if not problems:

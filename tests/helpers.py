@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher import dsconfig
 from launcher.layout import JobDir
 from launcher.spec import (CheckpointSpec, DataSource, JobFile, LoraSpec, ModelSpec, Resources, TrainingSpec)
 
@@ -28,14 +29,9 @@ def free_port() -> int:
 
 
 def deepspeed_config(name: str, training: TrainingSpec, world_size: int) -> dict[str, Any]:
-    """ds_configs/<name>.json with the batch sizes and clipping filled in as numbers, as the launcher
-    does: DeepSpeed's batch check fails on `"train_batch_size": "auto"` with HF's CPU path."""
-    cfg = json.loads((DS_CONFIGS / f"{name}.json").read_text())
-    cfg["train_micro_batch_size_per_gpu"] = training.batch_size
-    cfg["gradient_accumulation_steps"] = training.grad_accum
-    cfg["train_batch_size"] = training.batch_size * training.grad_accum * world_size
-    cfg["gradient_clipping"] = training.max_grad_norm
-    return cfg
+    """ds_configs/<name>.json with the batch sizes and clipping filled in as numbers by the launcher's
+    own code: DeepSpeed's batch check fails on `"train_batch_size": "auto"` with HF's CPU path."""
+    return dsconfig.resolve(json.loads((DS_CONFIGS / f"{name}.json").read_text()), training, world_size)
 
 
 def tiny_training(**overrides: Any) -> TrainingSpec:
