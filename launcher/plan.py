@@ -7,7 +7,10 @@ what is expected, before anything starts. See docs in README "Plan reference".
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
+import types
+import typing
 import json
 import re
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from launcher import dsconfig
 from launcher.graph import JobGraph, find_cycle
@@ -54,7 +57,7 @@ class JobConfig(BaseModel):
     method: str = Field(..., description="sft | synthetic | ... (see methods/registry.py)")
     params: dict[str, Any] = Field(default_factory=dict, description="method parameters, validated per method")
     model: ModelSpec | None = None
-    data: dict[str, DataSource | str] = Field(default_factory=dict, description="role -> data source (train, harmful, guide, eval)")
+    data: dict[str, DataSource] = Field(default_factory=dict, description="role -> data source (train, harmful, guide, eval)")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     deepspeed: str | None = Field("zero2", description="a name from ds_configs/ (zero1, zero2, zero3, zero3_offload) or a path; null for none")
     resources: Resources = Field(default_factory=Resources)
@@ -65,6 +68,15 @@ class JobConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     matrix: dict[str, list[Any]] = Field(default_factory=dict, description="sweep: key (a param, or a dotted path) -> values")
     name_template: str | None = Field(None, description="name of each sweep child, e.g. {model}_{method}_f_{rho}")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_shorthand(cls, v: Any) -> Any:
+        # `train: file.jsonl` is short for `train: {source: file.jsonl}`. Expanded here rather than
+        # typed as a union, so an error points at data.<role>.<key>, not at each union member.
+        if isinstance(v, dict):
+            return {k: {"source": s} if isinstance(s, str) else s for k, s in v.items()}
+        return v
 
 
 class PlanFile(BaseModel):
@@ -128,6 +140,10 @@ def apply_set(raw: dict[str, Any], assignment: str) -> None:
     keys = path.strip().split(".")
     if not all(keys):
         raise ValueError(f"--set {assignment!r}: empty key in {path!r}")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError as e:  # a ValueError, so load_plan reports it as a problem, not a traceback
+        raise ValueError(f"--set {assignment!r}: value is not valid YAML ({e.problem or e})") from None
     node = raw
     for k in keys[:-1]:
         nxt = node.get(k)
@@ -136,7 +152,7 @@ def apply_set(raw: dict[str, Any], assignment: str) -> None:
         if not isinstance(nxt, dict):
             raise ValueError(f"--set {assignment!r}: {k!r} is not a mapping")
         node = nxt
-    node[keys[-1]] = yaml.safe_load(value) if value != "" else ""
+    node[keys[-1]] = parsed
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -174,31 +190,63 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
     try:
         top = PlanFile.model_validate(raw)
     except ValidationError as e:
-        problems.extend(_pyd_problems(fname, (), e))
+        problems.extend(_pyd_problems(fname, (), e, PlanFile))
         try:  # a top-level typo alone: still check the jobs, so every problem is reported at once
             top = PlanFile.model_validate({k: v for k, v in raw.items() if k in PlanFile.model_fields})
         except ValidationError:
             raise PlanError(problems)
     ctx = _Ctx(fname, path.parent.resolve(), repo_root or Path(__file__).resolve().parent.parent, cluster, problems)
     jobs = ctx.expand(top)
-    if not problems:
-        ctx.check_graph(jobs)
+    ctx.check_graph(jobs)  # also when jobs had problems: every problem is reported at once
     if problems:
-        raise PlanError(problems)
+        raise PlanError(list(dict.fromkeys(problems)))  # a swept job's error once, not once per child
     order = JobGraph({n: j.needs for n, j in jobs.items()}).order()
     return Plan(file=path.resolve(), name=top.name or path.stem, jobs={n: jobs[n] for n in order}, raw=raw)
 
 
-def _pyd_problems(fname: str, prefix: tuple[Any, ...], e: ValidationError) -> list[Problem]:
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys allowed in the mapping at `loc` inside `model` (None when not a schema object)."""
+    tp: Any = model
+    for part in loc:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):  # Optional[X]: the non-None member
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = members[0] if len(members) == 1 else None
+            origin = typing.get_origin(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        elif origin is list:
+            tp = typing.get_args(tp)[0]
+        else:
+            return None
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = members[0] if len(members) == 1 else None
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _pyd_problems(fname: str, prefix: tuple[Any, ...], e: ValidationError,
+                  model: type[BaseModel] | None = None) -> list[Problem]:
     out = []
     for err in e.errors():
         loc = prefix + tuple(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the plan reference in README)"
+            key = err["loc"][-1]
+            allowed = _keys_at(model, tuple(err["loc"][:-1])) if model is not None else None
+            msg = f"unknown key {key!r}"
+            if allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                msg += (f" (did you mean {close[0]!r}?)" if close else "") + f"; expected one of {', '.join(allowed)}"
+            else:
+                msg += " (check the spelling; see the plan reference in README)"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in err and err["type"] not in ("value_error",):
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif "input" in err:
             msg = f"{msg} (got {err['input']!r})"
         out.append(Problem(fname, _loc(loc), msg))
     return out
@@ -218,8 +266,10 @@ class _Ctx:
     def expand(self, top: PlanFile) -> dict[str, Job]:
         jobs: dict[str, Job] = {}
         self.children: dict[str, list[str]] = {}
+        self.raw_needs: dict[str, list[str]] = {}
         for base, body in top.jobs.items():
             where = f"jobs.{base}"
+            self.children[base] = []  # known even if it fails below: `needs: [base]` is then no extra error
             if not NAME_RE.match(base):
                 self.err(where, "job names use letters, digits, _ . = - only")
                 continue
@@ -227,14 +277,16 @@ class _Ctx:
                 self.err(where, "expected a mapping (method, params, ...)")
                 continue
             merged = deep_merge(top.defaults, body)
+            needs = merged.get("needs")
+            self.raw_needs[base] = [n for n in needs if isinstance(n, str)] if isinstance(needs, list) else []
             matrix = merged.get("matrix") or {}
             if not isinstance(matrix, dict):
                 self.err(f"{where}.matrix", "expected a mapping of key -> list of values")
                 continue
-            combos = [dict(zip(matrix, vals)) for vals in itertools.product(*matrix.values())] if matrix else [{}]
             if matrix and any(not isinstance(v, list) or not v for v in matrix.values()):
                 self.err(f"{where}.matrix", "each matrix key needs a non-empty list of values")
                 continue
+            combos = [dict(zip(matrix, vals)) for vals in itertools.product(*matrix.values())] if matrix else [{}]
             names = []
             for combo in combos:
                 job = self._one(base, where, merged, combo)
@@ -255,7 +307,15 @@ class _Ctx:
         try:
             cfg = JobConfig.model_validate(body)
         except ValidationError as e:
-            self.problems.extend(_pyd_problems(self.fname, ("jobs", base), e))
+            self.problems.extend(_pyd_problems(self.fname, ("jobs", base), e, JobConfig))
+            # Still check the method's params, so their typos are reported in the same pass.
+            method, params = body.get("method"), body.get("params")
+            info = METHODS.get(method) if isinstance(method, str) else None
+            if info is not None and isinstance(params, dict):
+                try:
+                    info.params.model_validate(params)
+                except ValidationError as pe:
+                    self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), pe, info.params))
             return None
         info = METHODS.get(cfg.method)
         if info is None:
@@ -264,7 +324,7 @@ class _Ctx:
         try:
             params = info.params.model_validate(cfg.params).model_dump()
         except ValidationError as e:
-            self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), e))
+            self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), e, info.params))
             return None
         name = self._name(base, where, cfg, params, combo)
         if name is None:
@@ -359,6 +419,11 @@ class _Ctx:
         return str(path), dsconfig.resolve(raw, cfg.training, cfg.resources.world_size)
 
     def check_graph(self, jobs: dict[str, Job]) -> None:
+        for base, needs in self.raw_needs.items():  # jobs that failed validation: their needs still count
+            if not self.children.get(base):
+                for n in needs:
+                    if n not in self.children:
+                        self.err(f"jobs.{base}.needs", f"unknown job {n!r} in needs; jobs are {', '.join(sorted(self.children))}")
         for name, job in list(jobs.items()):
             where = f"jobs.{job.base}.needs"
             resolved: list[str] = []
@@ -371,8 +436,7 @@ class _Ctx:
                     self.err(where, f"unknown job {n!r} in needs; jobs are {', '.join(sorted(self.children))}")
             job.needs = tuple(dict.fromkeys(r for r in resolved if r != name))
             self._resolve_refs(job, jobs)
-        if self.problems:
-            return
+        # Jobs that failed validation are absent, so a cycle found among the rest is real.
         cycle = find_cycle({n: j.needs for n, j in jobs.items()})
         if cycle:
             self.err(f"jobs.{jobs[cycle[0]].base}.needs", "dependency cycle: " + " -> ".join(cycle))
@@ -389,6 +453,8 @@ class _Ctx:
             def one(m: re.Match[str]) -> str:
                 up, out = m.group(1), m.group(2)
                 kids = self.children.get(up, [])
+                if up in self.children and not kids:
+                    return m.group(0)  # that job failed validation; its problem is already reported
                 target = up if up in jobs else (kids[0] if len(kids) == 1 else None)
                 if target is None:
                     self.err(key, f"${{{up}.{out}}}: " + (f"{up!r} is a sweep; name one child ({', '.join(kids)})"

@@ -113,6 +113,20 @@ class HangSpec(Strict):
     min_step: float = Field(60.0, gt=0, description="auto never goes below this")
     warmup_steps: int = Field(3, ge=0, description="auto: steps ignored before learning")
 
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step(cls, v: Any) -> Any:
+        # One message instead of one per union member (float, 'auto'), and no zero/negative timeout.
+        if v == "auto":
+            return v
+        try:
+            ok = not isinstance(v, bool) and float(v) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"expected seconds (a number > 0) or auto (got {v!r})")
+        return v
+
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
