@@ -6,7 +6,8 @@ import sys
 
 from launcher import cli
 
-COMMANDS = {"launch": cli.launch_main, "status": cli.status_main}
+COMMANDS = {"launch": cli.launch_main, "status": cli.status_main, "kill": cli.kill_main, "resume": cli.resume_main,
+            "logs": cli.logs_main}
 
 
 def main(argv: list[str] | None = None) -> int:

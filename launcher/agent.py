@@ -9,7 +9,9 @@ cannot be interrupted from inside, but its process group can be killed whole.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections import deque
@@ -23,6 +25,8 @@ from launcher import heartbeat, procs
 from launcher.layout import JobDir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# py-spy ships as a binary next to the interpreter of the venv it was installed in.
+PY_SPY = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])) or "py-spy"
 
 
 @dataclass
@@ -109,6 +113,25 @@ class NodeAgent:
             ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, hb_dict,
                                     tail(self.jd.rank_log(self.attempt, rank)) if code is not None else []))
         return asdict(AgentReport(node=ray.get_runtime_context().get_node_id(), ranks=ranks, new_children=new))
+
+    def dump_stacks(self) -> list[int]:
+        """py-spy dump of every live rank into its own log, before a hung rank is killed."""
+        dumped = []
+        for rank, (proc, owned) in self.children.items():
+            if proc.poll() is not None or owned.process(self.run_id) is None:
+                continue
+            log = self.jd.rank_log(self.attempt, rank)
+            header = f"\n===== launcher: py-spy dump of rank {rank} (pid {owned.pid}) before killing a hang =====\n"
+            try:
+                out = subprocess.run([PY_SPY, "dump", "--pid", str(owned.pid), "--nonblocking"],
+                                     capture_output=True, text=True, timeout=20)
+                text = out.stdout + out.stderr
+            except (subprocess.TimeoutExpired, OSError) as e:
+                text = f"py-spy failed: {e}\n"
+            with open(log, "a") as f:
+                f.write(header + text)
+            dumped.append(owned.pid)
+        return dumped
 
     def stop(self, grace: float = 10.0) -> dict[str, Any]:
         """TERM → grace → KILL the rank groups, then sweep every descendant we ever saw."""

@@ -1,4 +1,4 @@
-"""Command-line entry points behind bin/: `bin/launch PLAN`, `bin/status [RUN]`.
+"""Command-line entry points behind bin/: launch, status, kill, resume, logs.
 
 Each is a `main() -> int`; bin/ scripts only set up the environment and call them.
 """
@@ -14,13 +14,18 @@ import sys
 import time
 from pathlib import Path
 
+import subprocess
+
 import psutil
 from rich.console import Console
 
 from launcher import rundir, status
 from launcher.cluster import ClusterOptions, planned_local_shape, shape_from_ray, start
+from launcher.control import request_kill
 from launcher.dsconfig import zero_stage
 from launcher.journal import Journal
+from launcher.layout import RunDir
+from launcher.lifecycle import DriverInfo, sweep
 from launcher.plan import Plan, PlanError, load_plan
 
 DEFAULT_RUNS = Path(os.environ.get("SL_RUNS_DIR", "runs"))
@@ -40,6 +45,7 @@ def _launch_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default: localhost only)")
     p.add_argument("--dashboard-port", type=int, default=8265)
+    p.add_argument("--detach", action="store_true", help="run the driver in its own session and return at once")
     return p
 
 
@@ -72,50 +78,42 @@ def _setup_logging(log_file: Path) -> None:
         root.addHandler(h)
 
 
-def launch_main(argv: list[str] | None = None) -> int:
-    args = _launch_parser().parse_args(argv)
-    console = Console(soft_wrap=True)
-    opts = ClusterOptions(address=args.address, simulate_gpus=args.simulate_gpus, gpu_type=args.gpu_type,
+def _cluster_options(args: argparse.Namespace) -> ClusterOptions:
+    return ClusterOptions(address=args.address, simulate_gpus=args.simulate_gpus, gpu_type=args.gpu_type,
                           dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
                           dashboard_port=args.dashboard_port)
-    ctx = None
-    if args.address:  # joining starts nothing; the cluster's real shape validates the plan
-        ctx = start(opts, None)
-        shape, declare = shape_from_ray(), None
-    else:
-        shape, declare = planned_local_shape(opts)
-    try:
-        plan = load_plan(args.plan, args.sets, cluster=None if args.dry_run and not args.address else shape)
-        env = {name: rundir.job_env(job) for name, job in plan.jobs.items()}
-    except PlanError as e:
-        print(f"{len(e.problems)} problem(s) in the plan; nothing was started:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
-        return 2
-    except KeyError as e:
-        print(f"{args.plan}: {e.args[0]}; nothing was started", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print_dry_run(plan, console)
-        return 0
 
-    args.runs_dir.mkdir(parents=True, exist_ok=True)
-    rd = rundir.create(plan, args.runs_dir, args.run_id)
-    _setup_logging(rd.driver_log)
-    journal = Journal(rd.db)
-    me = psutil.Process()
-    journal.create_run(rd.root.name, str(plan.file), {"argv": sys.argv[1:] if argv is None else argv},
-                       me.pid, me.create_time(), socket.gethostname())
-    for i, (name, job) in enumerate(plan.jobs.items()):
-        journal.add_job(name, job.base, job.config.method, list(job.needs), job.config.resources.world_size, i)
-    print(f"run {rd.root.name}\n  dir {rd.root}\n  cluster {shape.describe()}", flush=True)
+
+def _detach(argv: list[str], runs_dir: Path, run_id: str) -> int:
+    """Re-run this launch as a driver in its own session (an SSH drop or closed terminal kills
+    nothing), its output in the run directory; return as soon as the run is on record."""
+    root = runs_dir / run_id
+    root.mkdir(parents=True)
+    child = [a for a in argv if a != "--detach"] + ["--run-id", run_id]
+    with open(root / "driver.out", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher", *child], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+    deadline = time.time() + 120
+    while not (root / "run.db").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    if proc.poll() not in (None, 0):
+        print(f"the detached driver exited with {proc.returncode}; see {root / 'driver.out'}", file=sys.stderr)
+        return 1
+    print(f"run {run_id}\n  dir {root.resolve()}\n  driver pid {proc.pid} (detached; log {root / 'driver.out'})")
+    print(f"  watch: bin/status {run_id} --runs-dir {runs_dir}    stop: bin/kill {run_id} --runs-dir {runs_dir}")
+    return 0
+
+
+def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], opts: ClusterOptions,
+               declare: int | None, ctx: object | None, console: Console) -> int:
+    """Start or join Ray, run the driver loop to the end, print the final table."""
     t0 = time.time()
     try:
         if ctx is None:
             ctx = start(opts, declare)
-        journal.set_run(ray_address=ctx.address_info.get("address"), owns_ray=int(not args.address))
+        journal.set_run(ray_address=ctx.address_info.get("address"), owns_ray=int(not opts.address))  # type: ignore[attr-defined]
         if getattr(ctx, "dashboard_url", None):
-            print(f"  dashboard http://{ctx.dashboard_url}", flush=True)
+            print(f"  dashboard http://{ctx.dashboard_url}", flush=True)  # type: ignore[attr-defined]
         from launcher.driver import Driver  # imports ray actors; only needed once Ray is up
         final = Driver(plan, rd, journal, env, shape_from_ray()).run()
     finally:
@@ -126,6 +124,191 @@ def launch_main(argv: list[str] | None = None) -> int:
     console.print(f"{final} in {time.time() - t0:.0f}s")
     journal.close()
     return 0 if final == "succeeded" else 1
+
+
+def _plan_problems(e: PlanError) -> int:
+    print(f"{len(e.problems)} problem(s) in the plan; nothing was started:", file=sys.stderr)
+    for p in e.problems:
+        print(f"  {p}", file=sys.stderr)
+    return 2
+
+
+def launch_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _launch_parser().parse_args(argv)
+    console = Console(soft_wrap=True)
+    opts = _cluster_options(args)
+    ctx = None
+    if args.address and not args.detach:  # joining starts nothing; the cluster's real shape validates the plan
+        ctx = start(opts, None)
+        shape, declare = shape_from_ray(), None
+    else:
+        shape, declare = planned_local_shape(opts)
+    try:
+        plan = load_plan(args.plan, args.sets, cluster=None if (args.dry_run or args.address) and ctx is None else shape)
+        env = {name: rundir.job_env(job) for name, job in plan.jobs.items()}
+    except PlanError as e:
+        return _plan_problems(e)
+    except KeyError as e:
+        print(f"{args.plan}: {e.args[0]}; nothing was started", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print_dry_run(plan, console)
+        return 0
+    if args.detach:
+        return _detach(["launch", *argv], args.runs_dir, args.run_id or rundir.new_run_id(plan))
+
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    rd = rundir.create(plan, args.runs_dir, args.run_id)
+    _setup_logging(rd.driver_log)
+    journal = Journal(rd.db)
+    me = psutil.Process()
+    journal.create_run(rd.root.name, str(plan.file), {"argv": argv}, me.pid, me.create_time(), socket.gethostname())
+    for i, (name, job) in enumerate(plan.jobs.items()):
+        journal.add_job(name, job.base, job.config.method, list(job.needs), job.config.resources.world_size, i)
+    print(f"run {rd.root.name}\n  dir {rd.root}\n  cluster {shape.describe()}", flush=True)
+    return run_driver(plan, rd, journal, env, opts, declare, ctx, console)
+
+
+def resume_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="bin/resume", description="Continue a run whose driver died or was killed: "
+                                "finished jobs are kept, the others continue from their newest complete checkpoint.")
+    p.add_argument("run", nargs="?", help="run id or directory (default: the latest run)")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--detach", action="store_true", help="run the driver in its own session and return")
+    args = p.parse_args(argv)
+    try:
+        rd = rundir.find_run(args.runs_dir, args.run)
+    except FileNotFoundError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    journal = Journal(rd.db)
+    driver = DriverInfo.of(journal)
+    if driver.alive():
+        print(f"run {rd.root.name} still has a live driver (pid {driver.pid}); bin/kill it first", file=sys.stderr)
+        return 2
+    run = journal.run()
+    # The same cluster options as the original launch (simulated GPUs, address, dashboard).
+    launch_args = _launch_parser().parse_args(json.loads(run["args"])["argv"])
+    if args.detach:
+        journal.close()
+        return _detach_resume(argv, rd)
+    swept = sweep(journal, rd.root.name)
+    opts = _cluster_options(launch_args)
+    shape, declare = planned_local_shape(opts) if not opts.address else (None, None)
+    try:
+        plan = load_plan(rd.plan, cluster=shape, base_dir=Path(run["plan_file"]).parent)
+        env = {name: rundir.job_env(job) for name, job in plan.jobs.items()}
+    except PlanError as e:
+        return _plan_problems(e)
+    except KeyError as e:
+        print(f"{rd.plan}: {e.args[0]}; nothing was started", file=sys.stderr)
+        return 2
+    _setup_logging(rd.driver_log)
+    me = psutil.Process()
+    journal.set_run(driver_pid=me.pid, driver_create_time=me.create_time(), driver_host=socket.gethostname(),
+                    state="running", ended=None)
+    journal.event("resume", f"resumed by bin/resume; swept {len(swept)} leftover process(es)", pids=swept)
+    print(f"resuming run {rd.root.name}\n  dir {rd.root}" + (f"\n  swept leftover pids {swept}" if swept else ""), flush=True)
+    return run_driver(plan, rd, journal, env, opts, declare, None, Console(soft_wrap=True))
+
+
+def _detach_resume(argv: list[str], rd: RunDir) -> int:
+    child = [a for a in argv if a != "--detach"]
+    with open(rd.root / "driver.out", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher", "resume", *child], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+    print(f"resuming run {rd.root.name} in the background (driver pid {proc.pid}; log {rd.root / 'driver.out'})")
+    return 0
+
+
+def kill_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bin/kill", description="Stop a run or one of its jobs, leaving no process behind.")
+    p.add_argument("run", help="run id or directory")
+    p.add_argument("job", nargs="?", help="only this job (its dependants are then skipped)")
+    p.add_argument("--force", action="store_true", help="SIGKILL at once instead of TERM, grace, KILL")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the driver to confirm")
+    args = p.parse_args(argv)
+    try:
+        rd = rundir.find_run(args.runs_dir, args.run)
+    except FileNotFoundError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    journal = Journal(rd.db)
+    try:
+        if args.job and journal.job(args.job) is None:
+            print(f"run {rd.root.name} has no job {args.job!r}", file=sys.stderr)
+            return 2
+        driver = DriverInfo.of(journal)
+        if driver.alive():
+            journal.close()
+            request_kill(rd.root, args.job, args.force)
+            return _await_kill(rd, args.job, args.timeout)
+        # No driver: this command is the only writer now; sweep and put the kill on record.
+        hit = sweep(journal, rd.root.name, args.job, grace=0.0 if args.force else 10.0)
+        for row in journal.jobs():
+            if (args.job is None or row["name"] == args.job) and row["state"] in ("pending", "running"):
+                journal.set_job(row["name"], state="killed", reason="killed by bin/kill (driver not running)")
+        if args.job is None:
+            journal.set_run(state="killed", ended=time.time())
+        journal.event("kill", f"bin/kill with no live driver: swept {len(hit)} process(es)", job=args.job, pids=hit)
+        print(f"driver not running; swept {len(hit)} leftover process(es); run {rd.root.name} marked killed")
+        return 0
+    finally:
+        journal.close()
+
+
+def _await_kill(rd: RunDir, job: str | None, timeout: float) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = status.collect(rd)
+        states = [j["state"] for j in st["jobs"] if job is None or j["name"] == job]
+        if all(s in ("succeeded", "failed", "skipped", "killed") for s in states) and (job or st["state"] != "running"):
+            print(f"killed {'job ' + job if job else 'run'} in {rd.root.name}")
+            return 0
+        time.sleep(0.5)
+    print(f"the driver did not confirm within {timeout:.0f}s; run bin/kill again with --force", file=sys.stderr)
+    return 1
+
+
+def logs_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bin/logs", description="Print (or follow) a job's rank log.")
+    p.add_argument("run", help="run id or directory")
+    p.add_argument("job")
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--attempt", type=int, help="default: the latest")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    args = p.parse_args(argv)
+    try:
+        rd = rundir.find_run(args.runs_dir, args.run)
+    except FileNotFoundError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    jd = rd.job(args.job)
+    attempts = sorted(int(d.name.split("-")[1]) for d in jd.logs.glob("attempt-*")) if jd.logs.is_dir() else []
+    if not attempts:
+        print(f"no logs yet for {args.job} in {rd.root.name}", file=sys.stderr)
+        return 2
+    path = jd.rank_log(args.attempt or attempts[-1], args.rank)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                continue
+            if not args.follow or _job_over(rd, args.job):
+                return 0
+            time.sleep(0.5)
+
+
+def _job_over(rd: RunDir, job: str) -> bool:
+    st = status.collect(rd)
+    return any(j["name"] == job and j["state"] in ("succeeded", "failed", "skipped", "killed") for j in st["jobs"]) \
+        or st["state"] != "running"
 
 
 def status_main(argv: list[str] | None = None) -> int:

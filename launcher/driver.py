@@ -7,6 +7,7 @@ Only this process writes run.db.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -20,7 +21,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from launcher import checkpoints, dsconfig, rundir
+from launcher import checkpoints, control, dsconfig, rundir
 from launcher.agent import RemoteAgent
 from launcher.atomic import read_json
 from launcher.journal import Journal, ProcessRecord
@@ -46,6 +47,7 @@ class Attempt:
     start_step: int = 0
     placement: list[dict[str, Any]] = field(default_factory=list)
     last_step_logged: float = 0.0
+    step: int = 0                     # newest step reported by the ranks
 
 
 @dataclass
@@ -57,6 +59,7 @@ class JobRun:
     retry_at: float = 0.0
     current: Attempt | None = None
     learned_step_timeout: float | None = None
+    changes: dict[str, Any] = field(default_factory=dict)   # what the next attempt runs differently (OOM)
     bad_checkpoints: set[Path] = field(default_factory=set)
     last_ckpt_step: int = -1
 
@@ -67,8 +70,30 @@ class Driver:
         self.held: dict[str, int] = {}    # node id -> GPUs held by this run's placed jobs
         self.run_id = rd.root.name
         self.jobs = {name: JobRun(job) for name, job in plan.jobs.items()}
+        self._load_history()
         self.priority = plan.graph.critical_path({n: float(j.config.resources.world_size) for n, j in plan.jobs.items()})
         self.stop_requested = threading.Event()
+
+    def _load_history(self) -> None:
+        """Continue a run from its journal (bin/resume): finished jobs stay finished; the rest start
+        again from their newest complete checkpoint, attempt numbers going on from the last one."""
+        rows = {r["name"]: r for r in self.journal.jobs()}
+        learned = {e["job"]: json.loads(e["data"])["step_timeout"] for e in self.journal.events() if e["kind"] == "learned"}
+        for name, jr in self.jobs.items():
+            row = rows.get(name)
+            if row is None:
+                continue
+            if row["state"] == "succeeded":
+                jr.state = "succeeded"
+            elif row["state"] != "pending":
+                self.journal.set_job(name, state="pending", reason="resumed")
+            for a in self.journal.attempts(name):
+                if a["ended"] is None:  # the driver died under this attempt
+                    self.journal.end_attempt(name, a["n"], "failed", "lost", {}, row["step"],
+                                             detail="the driver stopped while this attempt ran")
+            jr.attempts = max((a["n"] for a in self.journal.attempts(name)), default=0)
+            jr.last_ckpt_step = max((c["step"] for c in self.journal.checkpoints(name) if c["complete"]), default=-1)
+            jr.learned_step_timeout = learned.get(name)
 
     # ------------------------------------------------------------------ main loop
 
@@ -79,6 +104,8 @@ class Driver:
             while not self._finished():
                 if self.stop_requested.is_set():
                     self._kill_all("the driver was asked to stop")
+                    break
+                if self._handle_requests():
                     break
                 self._skip_blocked()
                 # Place as many ready jobs as fit now, each started before the next is asked for.
@@ -102,6 +129,21 @@ class Driver:
         self.journal.set_run(state=final, ended=time.time())
         self.journal.event("run", f"run {final}")
         return final
+
+    def _handle_requests(self) -> bool:
+        """bin/kill requests; True when the whole run was killed."""
+        for path, req in control.pending(self.rd.root):
+            path.unlink(missing_ok=True)
+            grace = 0.0 if req.force else 10.0
+            if req.job is None:
+                self._kill_all(f"killed by {req.by}" + (" (forced)" if req.force else ""), grace)
+                return True
+            jr = self.jobs.get(req.job)
+            if jr is None or jr.state in ("succeeded", "failed", "skipped", "killed"):
+                self._say(f"kill request for {req.job}: nothing to kill", req.job)
+                continue
+            self._kill_job(jr, f"killed by {req.by}" + (" (forced)" if req.force else ""), grace)
+        return False
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -199,7 +241,8 @@ class Driver:
             return
         a.placement = [{"node": inf["node"], "host": inf["host"], "gpus": inf["gpus"]} for inf in infos]
         self._hold(a.placement, +1)
-        self.journal.start_attempt(job.name, a.n, a.placement, a.resumed_from, a.start_step)
+        self.journal.start_attempt(job.name, a.n, a.placement, a.resumed_from, a.start_step, jr.changes or None)
+        jr.changes = {}
         self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
                                     for group in started for s in group])
         jr.state = "running"
@@ -222,7 +265,10 @@ class Driver:
         if children:
             self.journal.add_processes(children)
         obs = a.watch.observe(ranks)
-        jr.learned_step_timeout = a.watch.learned_step_timeout
+        learned = a.watch.learned_step_timeout
+        if learned is not None and learned != jr.learned_step_timeout:
+            jr.learned_step_timeout = learned  # kept for the next attempt, and in the journal for bin/resume
+            self.journal.event("learned", f"step timeout learned: {learned:.1f}s", job=jr.job.name, step_timeout=learned)
         self._record_progress(jr, obs)
         if obs.verdict == "running":
             return
@@ -235,6 +281,7 @@ class Driver:
         a = jr.current
         assert a is not None
         name = jr.job.name
+        a.step = obs.step
         progress: dict[str, Any] = {"step": obs.step, "total_steps": obs.total_steps, "heartbeat_time": time.time()}
         if obs.loss is not None:  # the final "done" heartbeat carries no loss: keep the last one
             progress["loss"] = obs.loss
@@ -283,7 +330,15 @@ class Driver:
         a = jr.current
         assert a is not None
         name = jr.job.name
-        codes = self._release(a, grace=10.0)
+        grace = 10.0
+        if obs.verdict == "hang":
+            # Stacks first, so the cause can be found; then no long grace: a hung rank ignores TERM.
+            try:
+                ray.get([ag.dump_stacks.remote() for ag in a.agents], timeout=RPC_TIMEOUT_S)
+            except (RayActorError, GetTimeoutError) as e:
+                log.warning("%s: could not dump stacks: %s", name, e)
+            grace = 2.0
+        codes = self._release(a, grace=grace)
         codes.update({k: v for k, v in obs.exit_codes.items() if v is not None})
         lost = max(0, obs.step - (jr.last_ckpt_step if jr.last_ckpt_step >= 0 else 0))
         self.journal.end_attempt(name, a.n, "failed", obs.verdict, codes, obs.step, lost, obs.detail)
@@ -311,16 +366,24 @@ class Driver:
             jr.job.ds_config = dsconfig.resolve({**jr.job.ds_config, "train_micro_batch_size_per_gpu": "auto",
                                                  "gradient_accumulation_steps": "auto", "train_batch_size": "auto"},
                                                 t, jr.job.config.resources.world_size)
+        jr.changes = {"batch_size": [before[0], t.batch_size], "grad_accum": [before[1], t.grad_accum]}
         self._say(f"OOM: batch {before[0]}x{before[1]} -> {t.batch_size}x{t.grad_accum} (effective batch kept)",
                   jr.job.name, kind="change")
 
-    def _kill_all(self, why: str) -> None:
-        for name, jr in self.jobs.items():
-            if jr.state in ("running", "placing") and jr.current is not None:
-                codes = self._release(jr.current, grace=10.0)
-                if jr.state == "running":
-                    self.journal.end_attempt(name, jr.current.n, "killed", "killed", codes, None, detail=why)
-            if jr.state not in ("succeeded", "failed", "skipped"):
-                jr.state = "killed"
-                self.journal.set_job(name, state="killed", reason=why)
+    def _kill_job(self, jr: JobRun, why: str, grace: float = 10.0) -> None:
+        name = jr.job.name
+        if jr.state in ("running", "placing") and jr.current is not None:
+            codes = self._release(jr.current, grace=grace)
+            if jr.state == "running":
+                a = jr.current
+                lost = max(0, a.step - max(jr.last_ckpt_step, 0))
+                self.journal.end_attempt(name, a.n, "killed", "killed", codes, a.step, lost, detail=why)
+        jr.state = "killed"
+        self.journal.set_job(name, state="killed", reason=why)
+        self._say(why, name, kind="kill")
+
+    def _kill_all(self, why: str, grace: float = 10.0) -> None:
+        for jr in self.jobs.values():
+            if jr.state not in ("succeeded", "failed", "skipped", "killed"):
+                self._kill_job(jr, why, grace)
         self._say(f"run stopped: {why}")

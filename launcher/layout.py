@@ -1,8 +1,9 @@
 """Where things live in a run directory. One place, so driver, agents, ranks and CLI agree.
 
-runs/<run-id>/plan.yaml  run.db  driver.log
+runs/<run-id>/plan.yaml  run.db  driver.log  peak_memory.csv  report/report.md (+ PNG plots)
 runs/<run-id>/jobs/<job>/job-<attempt>.json  logs/attempt-<n>/rank-<r>.log  heartbeat/rank-<r>.json
                          checkpoints/checkpoint-<step>/  metrics.jsonl  result.json  adapter/  seen/
+                         gpu_mem.csv  peak_mem.csv
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ class JobDir:
         """What each rank saw of its environment (devices, node, rank ids): evidence for tests and audits."""
         return self.root / "seen"
 
+    @property
+    def gpu_mem_csv(self) -> Path:
+        """Memory timeline, one row per GPU per sample (launcher.monitor)."""
+        return self.root / "gpu_mem.csv"
+
+    @property
+    def peak_mem_csv(self) -> Path:
+        return self.root / "peak_mem.csv"
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -75,6 +85,20 @@ class RunDir:
 
     def job(self, name: str) -> JobDir:
         return JobDir(self.root / "jobs" / name)
+
+    @property
+    def peak_memory_csv(self) -> Path:
+        """Peak memory of every job and GPU (launcher.monitor.write_run_peaks)."""
+        return self.root / "peak_memory.csv"
+
+    @property
+    def report_dir(self) -> Path:
+        """bin/report's output: report.md, report.json and the PNG plots it links."""
+        return self.root / "report"
+
+    @property
+    def report_md(self) -> Path:
+        return self.report_dir / "report.md"
 
 
 # Outputs a job offers to its dependants through ${job.<output>} references.

@@ -169,8 +169,11 @@ def _fmt(v: Any) -> str:
 # --------------------------------------------------------------------------- loading
 
 def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterShape | None = None,
-              repo_root: Path | None = None) -> Plan:
-    """Load and validate; raises PlanError listing every problem found."""
+              repo_root: Path | None = None, base_dir: Path | None = None) -> Plan:
+    """Load and validate; raises PlanError listing every problem found.
+
+    Relative paths resolve against the plan's directory, or `base_dir` (bin/resume reads the copy
+    in the run directory but resolves paths where the original plan lived)."""
     path = Path(path)
     fname = str(path)
     try:
@@ -195,7 +198,7 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
             top = PlanFile.model_validate({k: v for k, v in raw.items() if k in PlanFile.model_fields})
         except ValidationError:
             raise PlanError(problems)
-    ctx = _Ctx(fname, path.parent.resolve(), repo_root or Path(__file__).resolve().parent.parent, cluster, problems)
+    ctx = _Ctx(fname, (base_dir or path.parent).resolve(), repo_root or Path(__file__).resolve().parent.parent, cluster, problems)
     jobs = ctx.expand(top)
     ctx.check_graph(jobs)  # also when jobs had problems: every problem is reported at once
     if problems:

@@ -17,7 +17,8 @@ from launcher.layout import OUTPUTS, RunDir
 from launcher.plan import REF_RE, Job, Plan
 from launcher.spec import DataSource, JobFile
 
-SECRET_KEY_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
+# TOKEN only as a whole word part (HF_TOKEN, hfToken, token): `tokenizer` or `max_new_tokens` are not secrets.
+SECRET_KEY_RE = re.compile(r"TOKEN(?![A-Z])|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|CREDENTIAL", re.I)
 ENV_REF_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 REDACTED = "***"
 
@@ -53,8 +54,10 @@ def job_env(job: Job, environ: dict[str, str] | None = None) -> dict[str, str]:
 def create(plan: Plan, runs_root: Path, run_id: str | None = None) -> RunDir:
     run_id = run_id or new_run_id(plan)
     rd = RunDir((runs_root / run_id).resolve())
-    rd.root.mkdir(parents=True, exist_ok=False)
-    (rd.root / "jobs").mkdir()
+    # A detached launch pre-creates the directory for its output log; a started run is never reused.
+    if rd.plan.exists() or rd.db.exists():
+        raise FileExistsError(f"run directory {rd.root} already holds a run")
+    (rd.root / "jobs").mkdir(parents=True, exist_ok=True)
     atomic.write_text(rd.plan, yaml.safe_dump(redact(copy.deepcopy(plan.raw)), sort_keys=False))
     return rd
 

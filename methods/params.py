@@ -3,6 +3,8 @@ before anything starts, so a typo in a method parameter is an error, not silentl
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -20,6 +22,96 @@ class SFTParams(Params):
     save_adapter: bool = True
 
 
+class LisaParams(SFTParams):
+    """Lisa (git-disl/Lisa, ADMMTrainer with --optimizer lisa): alternate `alignment_step` steps on the
+    guide (safe) data and `finetune_step` steps on the fine-tuning mix, with a proximal term. Defaults
+    are the official script's (script/finetune/lisa_poison_ratio.sh); the seed plans set theirs."""
+
+    # int | float: an integral rho stays an int, so output names read `_f_3_` like the seed's, not `_f_3.0_`.
+    rho: int | float = Field(1, ge=0, description="proximal strength: loss += rho/2 * ||theta - anchor||^2")
+    alignment_step: int = Field(100, ge=0, description="optimizer steps per alignment state (0: never align)")
+    finetune_step: int = Field(900, ge=0, description="optimizer steps per fine-tuning state (0: never fine-tune)")
+    guide_data_num: int = Field(10000, ge=0, description="first N rows of data 'guide' (0: no guide data)")
+
+
+class EvalParams(Params):
+    """Shared by the evaluation jobs: greedy batched generation on the first `num_samples` rows."""
+
+    template: str = Field("auto", description="prompt template; match the one the model was fine-tuned with")
+    num_samples: int = Field(1000, ge=1, description="first N rows of data 'eval' (the seed: 1000)")
+    batch_size: int = Field(16, ge=1, description="prompts per generate() call")
+    max_new_tokens: int = Field(512, ge=1)
+    max_prompt_length: int = Field(1024, ge=8, description="prompt tokens kept (the tail, which holds the cue)")
+    output_name: str | None = Field(None, description="seed file name; default: the evaluated adapter's job name")
+
+
+class EvalHSParams(EvalParams):
+    """Harmful score on BeaverTails 30k_test prompts (poison/evaluation/pred.py + eval_sentiment.py)."""
+
+    moderation_model: str | None = Field(None, description="beaver-dam-7b style classifier dir; none: refusal keywords")
+    moderation_batch_size: int = Field(16, ge=1)
+    moderation_max_length: int = Field(256, ge=8, description="eval_sentiment.py loads it with model_max_length=256")
+    threshold: float = Field(0.5, gt=0, lt=1, description="flagged when the largest category probability exceeds this")
+
+
+class EvalFAParams(EvalParams):
+    """Fine-tune accuracy on SST-2 validation (sst2/pred_eval.py)."""
+
+    max_new_tokens: int = Field(200, ge=1)
+    instruction: str = Field("Analyze the sentiment of the input, and respond only positive or negative")
+
+
+class FABEParams(Params):
+    """FABE cleaner: alpha * MLE + beta * ranking over scored candidates (METHODS.md "FABE").
+
+    mle_on defaults to `best`: the seed's notes train the MLE term toward the clean code (the
+    best-scored candidate); Tuna (microsoft/LMOps) applies it to all candidates (`all`)."""
+
+    template: str = Field("auto", description="auto | alpaca | user_assistant | chat (DeepSeek-Coder: user_assistant)")
+    ranking_loss: Literal["listmle", "margin", "pro"] = Field("listmle", description="listmle (seed) | margin (Tuna) | pro (PRO)")
+    alpha: float = Field(1.0, ge=0, description="weight of the MLE term")
+    beta: float = Field(0.3, ge=0, description="weight of the ranking term")
+    margin: float = Field(0.1, ge=0, description="Tuna's margin m (gap g uses g*m)")
+    mle_on: Literal["best", "all"] = Field("best", description="MLE on the best candidate (seed) or on all (Tuna)")
+    num_candidates: int | None = Field(None, ge=2, description="keep the best N candidates per row (None: all, same N in every row)")
+    shared_prompt: bool = Field(True, description="compute each prompt once for its candidates (same loss, less compute)")
+    save_adapter: bool = True
+
+
+class FABEEvalParams(Params):
+    """The cleaner's metrics: trigger survival on poisoned inputs, exact match / BLEU on clean ones."""
+
+    template: str = Field("auto", description="the template the cleaner was trained with")
+    batch_size: int = Field(8, ge=1, description="prompts per generate() call")
+    max_new_tokens: int = Field(256, ge=1)
+    max_prompt_length: int = Field(1024, ge=8, description="prompt tokens kept (the tail)")
+    case_sensitive: bool = Field(True, description="trigger match respects case")
+    triggers: list[str] = Field(default_factory=list,
+                                description="for rows without a 'trigger' field: an input containing one of these is poisoned")
+
+
+class SteerMoEAnalysisParams(Params):
+    """SteerMoE expert analysis: routing on safe vs unsafe samples, in batches of k safe + k unsafe."""
+
+    template: str = Field("auto", description="prompt template (chat for instruct MoE models)")
+    safe_per_batch: int = Field(8, ge=1, description="safe samples in every analysis (and training) batch (seed: 8)")
+    unsafe_per_batch: int = Field(8, ge=1, description="unsafe samples in every batch (seed: 8)")
+    tokens: Literal["generated", "response"] = Field(
+        "generated", description="route on the model's own greedy continuation (seed) or on the data's responses (official pairs)")
+    max_new_tokens: int = Field(32, ge=1, description="length of the generated continuation (tokens: generated)")
+    top_n: int | None = Field(20, ge=1, description="select at most N experts, largest |RD| first")
+    rd_threshold: float | None = Field(None, ge=0, description="select only experts with |RD| >= this")
+    unsafe_sign: Literal["negative", "positive", "both"] = Field(
+        "negative", description="RD = p_safe - p_unsafe; negative: experts more active on unsafe samples are unsafe-linked")
+
+
+class SteerMoEParams(SteerMoEAnalysisParams):
+    """Train only the MLP weights of the selected experts; everything else frozen bitwise."""
+
+    shuffle_batches: bool = Field(True, description="shuffle the order of whole batches each epoch")
+    save_model: bool = Field(True, description="write the trained model to <job dir>/model")
+
+
 class SyntheticParams(Params):
     """A rank that imports no model: cheap stand-in for launcher tests (scheduling, recovery)."""
 
@@ -29,6 +121,7 @@ class SyntheticParams(Params):
     hang_at_step: int | None = Field(None, ge=1, description="stop making progress at this step")
     crash_at_step: int | None = Field(None, ge=1, description="exit with code 3 at this step")
     oom_at_step: int | None = Field(None, ge=1, description="print a CUDA OOM error and exit at this step")
+    crash_in_save_at_step: int | None = Field(None, ge=1, description="die while writing this step's checkpoint (before its marker)")
     fault_ranks: list[int] = Field(default_factory=lambda: [0], description="ranks that inject the faults")
     fault_attempts: list[int] = Field(default_factory=lambda: [1], description="attempts that inject the faults")
     fail_result: bool = Field(False, description="finish but report status failed in result.json")

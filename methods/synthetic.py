@@ -70,6 +70,9 @@ def run(job: JobFile) -> int:
                 beat(step, "saving", loss)
                 ckpt = jd.checkpoints / f"checkpoint-{step}"
                 write_json(ckpt / "state.json", {"step": step})
+                if faulty and p.crash_in_save_at_step == step:
+                    print(f"[synthetic] injected crash while saving checkpoint-{step}", file=sys.stderr, flush=True)
+                    os._exit(CRASH_EXIT)  # no marker: this checkpoint stays incomplete
                 checkpoints.mark_complete(ckpt, step)
                 checkpoints.prune(jd.checkpoints, job.checkpoint.keep)
     beat(step, "done")

@@ -33,3 +33,65 @@ def write_plan(tmp: Path, text: str) -> Path:
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+def start_detached(plan: Path | str, runs: Path, *extra: str) -> str:
+    """`bin/launch PLAN --detach`: returns the run id once the detached driver has it on record."""
+    out = launch(plan, runs, "--detach", *extra, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.split()[1]
+
+
+def wait_for(runs: Path, run: str, pred, timeout: float = 180, what: str = "condition") -> dict[str, Any]:
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            st = status(runs, run)
+        except (subprocess.CalledProcessError, json.JSONDecodeError):
+            st = None
+        if st is not None and pred(st):
+            return st
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last status: {json.dumps(st, indent=1)[-3000:] if st else None}")
+
+
+def job(st: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(j for j in st["jobs"] if j["name"] == name)
+
+
+def run_processes(run_id: str) -> list[int]:
+    """Every live process on this machine carrying the run's marker (none may survive a run)."""
+    import psutil
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get("SL_RUN_ID") == run_id and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def driver_pid(runs: Path, run: str) -> int:
+    from launcher.journal import Journal
+    j = Journal(runs / run / "run.db", readonly=True)
+    try:
+        return int(j.run()["driver_pid"])
+    finally:
+        j.close()
+
+
+def wait_driver_gone(runs: Path, run: str, timeout: float = 120) -> None:
+    import time
+    import psutil
+    pid = driver_pid(runs, run)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"driver {pid} of {run} still running after {timeout}s")

@@ -1,0 +1,304 @@
+"""`bin/report RUN [--format json]`: the run's report.md, PNG plots and a results table.
+
+Reads only files (run.db read-only, the job directories), so it works on a live run and on a
+finished one, on any machine that has the run directory. Writes <run>/report/ (report.md,
+report.json, PNGs) and <run>/peak_memory.csv. The results table has the seed notes' shape:
+job, what it evaluates, metric, value, judge, direction, reference value where known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher import monitor, rundir, status
+from launcher.atomic import read_json, read_jsonl, write_text
+from launcher.layout import JobDir, RunDir
+from launcher.monitor import PeakRow
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    label: str
+    direction: str       # "↓ lower is better", "↑ higher is better", or ""
+    unit: str = ""
+
+
+# Keys a result.json may use, as the evaluation jobs and the seed notes name them.
+METRICS: dict[str, MetricInfo] = {
+    "hs": MetricInfo("HS", "↓ lower is better", "%"),
+    "harmful_score": MetricInfo("HS", "↓ lower is better", "%"),
+    "fa": MetricInfo("FA", "↑ higher is better", "%"),
+    "finetune_accuracy": MetricInfo("FA", "↑ higher is better", "%"),
+    "accuracy": MetricInfo("accuracy", "↑ higher is better"),
+    "asr": MetricInfo("ASR", "↓ lower is better", "%"),
+    "attack_success_rate": MetricInfo("ASR", "↓ lower is better", "%"),
+    "trigger_survival": MetricInfo("trigger survival", "↓ lower is better", "%"),
+    "exact_match": MetricInfo("exact match", "↑ higher is better"),
+    "bleu": MetricInfo("BLEU", "↑ higher is better"),
+    "final_loss": MetricInfo("final loss", "↓ lower is better"),
+    "eval_loss": MetricInfo("eval loss", "↓ lower is better"),
+}
+NOT_METRICS = {"judge", "evaluates", "n", "num_samples"}
+
+
+@dataclass
+class JobInfo:
+    name: str
+    method: str
+    state: str
+    attempts: list[dict[str, Any]]
+    needs: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    peaks: list[PeakRow] = field(default_factory=list)
+    loss: list[dict[str, Any]] = field(default_factory=list)   # {"step", "loss", "attempt"}
+    step: int | None = None
+    total_steps: int | None = None
+
+
+@dataclass
+class ResultRow:
+    job: str
+    evaluates: str
+    metric: str
+    value: float | str
+    judge: str
+    direction: str
+    reference: str
+
+
+@dataclass
+class Report:
+    run: str
+    dir: str
+    state: str
+    plan: str
+    created: float
+    ended: float | None
+    jobs: list[JobInfo]
+    results: list[ResultRow]
+    plots: dict[str, str] = field(default_factory=dict)   # name -> file name in the report dir
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for j in d["jobs"]:
+            j.pop("loss")   # the curve is in metrics.jsonl and the plot; the JSON stays small
+        return d
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+def latest_job_file(jd: JobDir) -> dict[str, Any] | None:
+    files = sorted(jd.root.glob("job-*.json"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else 0)
+    return read_json(files[-1]) if files else None
+
+
+def loss_series(jd: JobDir) -> list[dict[str, Any]]:
+    out = []
+    for rec in read_jsonl(jd.metrics):
+        if isinstance(rec, dict) and isinstance(rec.get("loss"), (int, float)) and isinstance(rec.get("step"), (int, float)):
+            out.append({"step": int(rec["step"]), "loss": float(rec["loss"]), "attempt": int(rec.get("attempt") or 1)})
+    return out
+
+
+def collect(rd: RunDir) -> Report:
+    st = status.collect(rd)
+    jobs = []
+    for j in st["jobs"]:
+        jd = rd.job(j["name"])
+        jf = latest_job_file(jd) or {}
+        jobs.append(JobInfo(name=j["name"], method=j["method"], state=j["state"], attempts=j["attempts"],
+                            needs=j["needs"], params=jf.get("params") or {}, result=read_json(jd.result),
+                            peaks=monitor.job_peaks(jd), loss=loss_series(jd), step=j["step"],
+                            total_steps=j["total_steps"]))
+    return Report(run=st["run"], dir=st["dir"], state=st["state"], plan=st["plan"], created=st["created"],
+                  ended=st["ended"], jobs=jobs, results=results_table(jobs))
+
+
+# ---------------------------------------------------------------------------------------- results table
+
+def _poisoned(job: JobInfo) -> bool:
+    try:
+        return float(job.params.get("poison_ratio") or 0) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def reference(metric: str, evaluated: JobInfo | None) -> str:
+    """The paper/seed value a reproduction should approach (METHODS.md), where one is known."""
+    if evaluated is None:
+        return ""
+    m = evaluated.method
+    if metric == "HS":
+        if m == "lisa":
+            return "≈ 15 % (Lisa)"
+        if m == "sft":
+            return "≈ 50–80 % (SFT under attack)" if _poisoned(evaluated) else "low (safety baseline)"
+    if metric == "FA" and m in ("lisa", "sft"):
+        return "≈ 91–92 %"
+    if metric in ("ASR", "trigger survival") and m == "fabe":
+        return "≈ 15.1 % (from 93.6 % uncleaned)"
+    return ""
+
+
+def _evaluated(job: JobInfo, by_name: dict[str, JobInfo]) -> JobInfo | None:
+    """The model an evaluation job judges: its upstream training job (the first, when several)."""
+    ups = [by_name[n] for n in job.needs if n in by_name]
+    return ups[0] if ups else None
+
+
+def _describe(job: JobInfo | None) -> str:
+    if job is None:
+        return "-"
+    extra = []
+    if job.params.get("poison_ratio"):
+        extra.append(f"poison {job.params['poison_ratio']}")
+    if job.method == "lisa" and "rho" in job.params:
+        extra.append(f"rho {job.params['rho']}")
+    return f"{job.name} ({', '.join([job.method, *extra])})"
+
+
+def results_table(jobs: list[JobInfo]) -> list[ResultRow]:
+    """One row per number in each job's result.json `metrics`. Known metric keys get a label, a
+    direction and a reference; anything else is listed as it is (e.g. synthetic jobs' steps)."""
+    by_name = {j.name: j for j in jobs}
+    rows = []
+    for job in jobs:
+        if not job.result:
+            continue
+        metrics = job.result.get("metrics") or {}
+        judge = str(metrics.get("judge") or job.result.get("judge") or "-")
+        evaluated = _evaluated(job, by_name)
+        evaluates = str(metrics.get("evaluates") or job.result.get("evaluates") or _describe(evaluated))
+        for key, value in metrics.items():
+            if key in NOT_METRICS or isinstance(value, (dict, list)) or isinstance(value, bool):
+                continue
+            info = METRICS.get(key.lower(), MetricInfo(key, ""))
+            label = info.label + (f" ({info.unit})" if info.unit else "")
+            rows.append(ResultRow(job.name, evaluates, label, value if isinstance(value, (int, float)) else str(value),
+                                  judge, info.direction or "-", reference(info.label, evaluated) or "-"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- markdown
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.3g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(r) + " |" for r in esc]]
+
+
+def _wall(job: JobInfo, now: float) -> float | None:
+    spans = [(a["ended"] or now) - a["started"] for a in job.attempts if a.get("started")]
+    return sum(spans) if spans else None
+
+
+def job_peak(job: JobInfo) -> PeakRow | None:
+    known = [p for p in job.peaks if p.peak_mib is not None]
+    return max(known, key=lambda p: p.peak_mib or 0.0) if known else None
+
+
+def markdown(r: Report) -> str:
+    now = r.ended or time.time()
+    out = [f"# Run {r.run}", "",
+           f"- state: **{r.state}**",
+           f"- plan: `{r.plan}`",
+           f"- started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created))}, "
+           f"{'took' if r.ended else 'running for'} {now - r.created:.0f} s",
+           f"- directory: `{r.dir}`", "", "## Jobs", ""]
+    rows = []
+    for j in r.jobs:
+        p = job_peak(j)
+        steps = f"{j.step}/{j.total_steps}" if j.total_steps else _fmt(j.step)
+        rows.append([j.name, j.method, j.state, str(len(j.attempts)), _fmt(_wall(j, now)), steps,
+                     f"{p.peak_mib:.1f} (GPU {p.gpu_index})" if p else "-", p.backend if p else "-"])
+    out += _table(["job", "method", "state", "attempts", "wall s", "step", "peak MiB", "measured by"], rows)
+    out += ["", "## Results", ""]
+    if r.results:
+        out += _table(["job", "evaluates", "metric", "value", "judge", "direction", "reference"],
+                      [[x.job, x.evaluates, x.metric, _fmt(x.value, 2), x.judge, x.direction, x.reference]
+                       for x in r.results])
+    else:
+        out.append("No job has written a result.json yet.")
+    out += ["", "## Memory", "",
+            "Peak of the job's processes per GPU (NVML per-process memory, or resident memory where the "
+            "`host` backend measured), the device's peak used memory (other tenants included), and the "
+            "ranks' own torch peaks (`max_memory_allocated` / `max_memory_reserved`). "
+            f"All peaks: `{Path(r.dir).name}/peak_memory.csv`.", ""]
+    peak_rows = [[j.name, str(p.attempt), p.host or p.node[:8], p.gpu_index, _fmt(p.peak_mib),
+                  _fmt(p.peak_time - r.created if p.peak_time else None), _fmt(p.peak_step),
+                  _fmt(p.peak_device_used_mib), _fmt(p.device_total_mib), _fmt(p.torch_max_allocated_mib),
+                  _fmt(p.torch_max_reserved_mib), p.backend]
+                 for j in r.jobs for p in j.peaks]
+    if peak_rows:
+        out += _table(["job", "attempt", "host", "GPU", "peak MiB", "at s", "at step", "device used MiB",
+                       "device total MiB", "torch allocated MiB", "torch reserved MiB", "backend"], peak_rows)
+    else:
+        out.append("No memory samples (no job ran with the monitor).")
+    for j in r.jobs:
+        if f"mem_{j.name}" in r.plots:
+            out += ["", f"### {j.name}", "", f"![memory of {j.name}]({r.plots[f'mem_{j.name}']})"]
+    if "loss" in r.plots:
+        out += ["", "## Loss", "", f"![loss curves]({r.plots['loss']})"]
+    if "gantt" in r.plots:
+        out += ["", "## Jobs on GPUs over time", "", f"![jobs on GPUs]({r.plots['gantt']})"]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- entry point
+
+def build(rd: RunDir, plots: bool = True) -> Report:
+    """Collect, plot, and write report.md, report.json and peak_memory.csv; returns the data."""
+    r = collect(rd)
+    monitor.write_run_peaks(rd, [j.name for j in r.jobs])
+    rd.report_dir.mkdir(parents=True, exist_ok=True)
+    if plots:
+        from launcher import report_plots   # matplotlib only when plotting
+        r.plots = report_plots.draw_all(r, rd)
+    write_text(rd.report_md, markdown(r))
+    write_text(rd.report_dir / "report.json", json.dumps(r.to_json(), indent=2, default=str) + "\n")
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bin/report", description="Write a run's report.md, plots and peak_memory.csv.")
+    p.add_argument("run", nargs="?", help="run id or directory (default: the latest run)")
+    p.add_argument("--format", choices=("md", "json"), default="md",
+                   help="what to print: the report path (md) or the report's data (json)")
+    p.add_argument("--runs-dir", type=Path, default=rundir_default())
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster on huge runs)")
+    args = p.parse_args(argv)
+    try:
+        rd = rundir.find_run(args.runs_dir, args.run)
+    except FileNotFoundError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    r = build(rd, plots=not args.no_plots)
+    if args.format == "json":
+        print(json.dumps({**r.to_json(), "report": str(rd.report_md)}, indent=2, default=str))
+    else:
+        print(f"{rd.report_md}\n  {len(r.results)} result(s), {len(r.plots)} plot(s), peaks in {rd.peak_memory_csv}")
+    return 0
+
+
+def rundir_default() -> Path:
+    from launcher.cli import DEFAULT_RUNS   # the same default as bin/launch and bin/status
+    return DEFAULT_RUNS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The supervisor's fault matrix on synthetic 2-rank jobs: real processes, real signals.
+
+Every case must end with the job succeeded at its planned step count, the restart and its class
+in the journal, no process of the run alive, and at most one checkpoint interval redone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from launcher.atomic import read_json
+from tests.helpers import REPO
+from tests.integration.launcher.conftest import (driver_pid, job, run_processes, start_detached, status, wait_driver_gone,
+                                                 wait_for, write_plan)
+
+pytestmark = pytest.mark.integration
+
+STEPS, EVERY = 40, 5
+
+
+def plan_text(params: str = "") -> str:
+    return f"""
+name: faults
+jobs:
+  train:
+    method: synthetic
+    resources: {{nodes: 1, gpus_per_node: 2}}
+    params: {{steps: {STEPS}, step_time: 0.1{', ' + params if params else ''}}}
+    checkpoint: {{every: {EVERY}, keep: 2}}
+    retry: {{max_restarts: 2, backoff: 0.2}}
+    hang: {{startup: 60, step: 3}}
+    training: {{batch_size: 4, grad_accum: 1}}
+"""
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _at_step(n: int):
+    return lambda st: job(st, "train")["state"] == "running" and (job(st, "train")["step"] or 0) >= n
+
+
+def _finished(st: dict[str, Any]) -> bool:
+    return st["state"] != "running" and st["state"] != "pending"
+
+
+def _rank_pid(st: dict[str, Any], rank: int) -> int:
+    return job(st, "train")["attempts"][-1]["pids"][rank]
+
+
+def _check_recovered(runs: Path, run: str, failure: str) -> dict[str, Any]:
+    st = wait_for(runs, run, _finished, timeout=240, what="the run to finish")
+    wait_driver_gone(runs, run)
+    j = job(st, "train")
+    assert st["state"] == "succeeded" and j["state"] == "succeeded", j
+    assert j["step"] == STEPS and j["restarts"] >= 1
+    first, last = j["attempts"][0], j["attempts"][-1]
+    assert first["failure"] == failure, first
+    assert last["resumed_from"] is not None and last["state"] == "succeeded"
+    # At most one checkpoint interval redone.
+    assert first["end_step"] - last["start_step"] <= EVERY, (first, last)
+    assert read_json(Path(st["dir"]) / "jobs" / "train" / "result.json")["status"] == "succeeded"
+    deadline = time.time() + 15
+    while run_processes(run) and time.time() < deadline:
+        time.sleep(0.3)
+    assert run_processes(run) == [], "processes of the run survived it"
+    return st
+
+
+def test_sigkill_one_rank(runs: Path, tmp_path: Path) -> None:
+    run = start_detached(write_plan(tmp_path, plan_text()), runs)
+    st = wait_for(runs, run, _at_step(12), what="step 12")
+    os.kill(_rank_pid(st, 1), signal.SIGKILL)
+    st = _check_recovered(runs, run, "crash")
+    assert job(st, "train")["attempts"][0]["exit_codes"]["1"] == -9
+
+
+def test_sigstop_one_rank_is_a_hang(runs: Path, tmp_path: Path) -> None:
+    run = start_detached(write_plan(tmp_path, plan_text()), runs)
+    st = wait_for(runs, run, _at_step(12), what="step 12")
+    stopped_at = time.time()
+    os.kill(_rank_pid(st, 1), signal.SIGSTOP)
+    st = _check_recovered(runs, run, "hang")
+    first = job(st, "train")["attempts"][0]
+    assert "no progress" in first["detail"]
+    assert first["ended"] - stopped_at < 3 + 2 + 15  # timeout + detection slack + stack dump and kill
+    log = (Path(st["dir"]) / "jobs" / "train" / "logs" / "attempt-1" / "rank-1.log").read_text()
+    assert "py-spy dump of rank 1" in log
+
+
+def test_oom_halves_the_micro_batch(runs: Path, tmp_path: Path) -> None:
+    run = start_detached(write_plan(tmp_path, plan_text("oom_at_step: 12")), runs)
+    st = _check_recovered(runs, run, "oom")
+    jd = Path(st["dir"]) / "jobs" / "train"
+    second = read_json(jd / "job-2.json")["training"]
+    assert (second["batch_size"], second["grad_accum"]) == (2, 2)
+    from launcher.journal import Journal
+    j = Journal(Path(st["dir"]) / "run.db", readonly=True)
+    changes = j.attempts("train")[1]["changes"]
+    j.close()
+    assert '"batch_size": [4, 2]' in changes and '"grad_accum": [1, 2]' in changes
+
+
+def test_crash_while_saving_falls_back_to_previous_checkpoint(runs: Path, tmp_path: Path) -> None:
+    run = start_detached(write_plan(tmp_path, plan_text("crash_in_save_at_step: 15")), runs)
+    st = _check_recovered(runs, run, "crash")
+    first, second = job(st, "train")["attempts"][:2]
+    assert second["resumed_from"].endswith("checkpoint-10") and second["start_step"] == 10
+
+
+def test_sigkill_node_agent_is_lost_node(runs: Path, tmp_path: Path) -> None:
+    run = start_detached(write_plan(tmp_path, plan_text()), runs)
+    st = wait_for(runs, run, _at_step(12), what="step 12")
+    agent = psutil.Process(_rank_pid(st, 0)).ppid()
+    assert "NodeAgent" in " ".join(psutil.Process(agent).cmdline()) or psutil.Process(agent).name().startswith("ray")
+    os.kill(agent, signal.SIGKILL)
+    _check_recovered(runs, run, "lost")
+
+
+def test_sigkill_driver_then_resume(runs: Path, tmp_path: Path) -> None:
+    run = start_detached(write_plan(tmp_path, plan_text()), runs)
+    wait_for(runs, run, _at_step(12), what="step 12")
+    os.kill(driver_pid(runs, run), signal.SIGKILL)
+    wait_driver_gone(runs, run)
+    out = _cli("resume", run, "--runs-dir", str(runs))
+    assert out.returncode == 0, out.stdout + out.stderr
+    _check_recovered(runs, run, "lost")
+
+
+def test_bin_kill_then_resume(runs: Path, tmp_path: Path) -> None:
+    run = start_detached(write_plan(tmp_path, plan_text()), runs)
+    wait_for(runs, run, _at_step(12), what="step 12")
+    out = _cli("kill", run, "--runs-dir", str(runs))
+    assert out.returncode == 0, out.stdout + out.stderr
+    st = status(runs, run)
+    assert st["state"] == "killed" and job(st, "train")["state"] == "killed"
+    wait_driver_gone(runs, run)
+    assert run_processes(run) == []
+    out = _cli("resume", run, "--runs-dir", str(runs))
+    assert out.returncode == 0, out.stdout + out.stderr
+    _check_recovered(runs, run, "killed")
