@@ -49,11 +49,11 @@ def _launch_parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_dry_run(plan: Plan, console: Console) -> None:
+def print_dry_run(plan: Plan, console: Console, runs_dir: Path = DEFAULT_RUNS) -> None:
     console.print(f"plan {plan.name} ({plan.file}): {len(plan.jobs)} job(s), in dependency order\n")
     for i, (name, job) in enumerate(plan.jobs.items(), 1):
         c, r = job.config, job.config.resources
-        console.print(f"[bold]{i}. {name}[/]  method={c.method}  needs={list(job.needs) or '-'}")
+        console.print(f"{i}. {name}  method={c.method}  needs={list(job.needs) or '-'}", style="bold")
         console.print(f"   resources: {r.nodes} node(s) x {r.gpus_per_node} GPU(s)"
                       f"{' ' + r.gpu_type if r.gpu_type else ''} = world size {r.world_size}")
         if c.model:
@@ -66,7 +66,7 @@ def print_dry_run(plan: Plan, console: Console) -> None:
         if job.ds_config is not None:
             console.print(f"   deepspeed: ZeRO-{zero_stage(job.ds_config)} from {job.ds_name}")
             console.print("   " + json.dumps(job.ds_config, sort_keys=True))
-        console.print(f"   output: {DEFAULT_RUNS}/<run-id>/jobs/{name}/\n")
+        console.print(f"   output: {runs_dir}/<run-id>/jobs/{name}/\n")
 
 
 def _setup_logging(log_file: Path) -> None:
@@ -116,6 +116,10 @@ def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str
             print(f"  dashboard http://{ctx.dashboard_url}", flush=True)  # type: ignore[attr-defined]
         from launcher.driver import Driver  # imports ray actors; only needed once Ray is up
         final = Driver(plan, rd, journal, env, shape_from_ray()).run()
+    except BaseException as e:
+        journal.set_run(state="failed", ended=time.time())
+        journal.event("run", f"driver error: {type(e).__name__}: {e}")
+        raise
     finally:
         import ray
         if ray.is_initialized():
@@ -136,7 +140,8 @@ def _plan_problems(e: PlanError) -> int:
 def launch_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _launch_parser().parse_args(argv)
-    console = Console(soft_wrap=True)
+    # No markup: plan values such as "[validation]" must print as written.
+    console = Console(soft_wrap=True, markup=False, highlight=False)
     opts = _cluster_options(args)
     ctx = None
     if args.address and not args.detach:  # joining starts nothing; the cluster's real shape validates the plan
@@ -153,7 +158,7 @@ def launch_main(argv: list[str] | None = None) -> int:
         print(f"{args.plan}: {e.args[0]}; nothing was started", file=sys.stderr)
         return 2
     if args.dry_run:
-        print_dry_run(plan, console)
+        print_dry_run(plan, console, args.runs_dir)
         return 0
     if args.detach:
         return _detach(["launch", *argv], args.runs_dir, args.run_id or rundir.new_run_id(plan))

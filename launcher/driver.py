@@ -21,14 +21,14 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from launcher import checkpoints, control, dsconfig, rundir
+from launcher import checkpoints, control, dsconfig, rundir, scheduler
 from launcher.agent import RemoteAgent
 from launcher.atomic import read_json
 from launcher.journal import Journal, ProcessRecord
 from launcher.layout import RunDir
 from launcher.plan import Job, Plan
+from launcher.raymetrics import ProgressMetrics
 from launcher.resources import ClusterShape
-from launcher.spec import Resources
 from launcher.supervisor import AttemptWatch, Observation, decide_retry
 
 log = logging.getLogger("launcher")
@@ -67,11 +67,14 @@ class JobRun:
 class Driver:
     def __init__(self, plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], shape: ClusterShape):
         self.plan, self.rd, self.journal, self.env, self.shape = plan, rd, journal, env, shape
-        self.held: dict[str, int] = {}    # node id -> GPUs held by this run's placed jobs
+        self.books = scheduler.Books(shape)
+        self.order = {n: i for i, n in enumerate(plan.jobs)}
+        self.last_wait_note = 0.0
         self.run_id = rd.root.name
+        self.metrics = ProgressMetrics(self.run_id)
         self.jobs = {name: JobRun(job) for name, job in plan.jobs.items()}
         self._load_history()
-        self.priority = plan.graph.critical_path({n: float(j.config.resources.world_size) for n, j in plan.jobs.items()})
+        self.priority = plan.graph.critical_path({n: scheduler.estimate_seconds(j) for n, j in plan.jobs.items()})
         self.stop_requested = threading.Event()
 
     def _load_history(self) -> None:
@@ -172,19 +175,23 @@ class Driver:
                 self._say(f"skipped: {reason}", name)
 
     def _place_ready(self) -> JobRun | None:
-        """Highest critical path first; one placement group pending at a time so order is kept."""
+        """The longest critical path that fits now; one placement group pending at a time.
+
+        Ray is asked only when our own books say the job fits: a placement group that must wait
+        is retried by Ray with a growing back-off (minutes), long after the GPUs came free.
+        """
         if any(jr.state == "placing" for jr in self.jobs.values()):
             return None
-        ready = [jr for jr in self.jobs.values() if jr.state == "pending"
+        ready = [n for n, jr in self.jobs.items() if jr.state == "pending"
                  and all(self.jobs[u].state == "succeeded" for u in jr.job.needs)]
-        if not ready:
+        name = scheduler.pick(ready, self.priority, self.order, lambda n: self.books.fits(self.jobs[n].job.config.resources))
+        if name is None:
+            if ready and time.time() - self.last_wait_note > 30:
+                self.last_wait_note = time.time()
+                log.info("waiting for GPUs: %s ready, %d GPU(s) free", ", ".join(ready), self.books.free_gpus())
             return None
-        jr = max(ready, key=lambda j: (self.priority[j.job.name], -list(self.jobs).index(j.job.name)))
+        jr = self.jobs[name]
         r = jr.job.config.resources
-        # Ask Ray only when our own books say it fits now: a placement group that must wait is
-        # retried by Ray with a growing back-off (minutes), long after the GPUs came free.
-        if not self._fits_now(r):
-            return None
         bundle: dict[str, float] = {"GPU": float(r.gpus_per_node)}
         if r.cpus_per_rank:
             bundle["CPU"] = r.cpus_per_rank * r.gpus_per_node
@@ -199,15 +206,6 @@ class Driver:
         self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
                   f"(attempt {jr.attempts})", jr.job.name)
         return jr
-
-    def _fits_now(self, r: Resources) -> bool:
-        free = [n for n in self.shape.nodes if n.gpus - self.held.get(n.node_id, 0) >= r.gpus_per_node
-                and (r.gpu_type is None or (n.gpu_type or "").lower() == r.gpu_type.lower())]
-        return len(free) >= r.nodes
-
-    def _hold(self, placement: list[dict[str, Any]], sign: int) -> None:
-        for p in placement:
-            self.held[p["node"]] = self.held.get(p["node"], 0) + sign * len(p["gpus"])
 
     def _maybe_start(self, jr: JobRun, wait: float = 0.0) -> None:
         a = jr.current
@@ -240,7 +238,7 @@ class Driver:
             self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
             return
         a.placement = [{"node": inf["node"], "host": inf["host"], "gpus": inf["gpus"]} for inf in infos]
-        self._hold(a.placement, +1)
+        self.books.hold(a.placement, +1)
         self.journal.start_attempt(job.name, a.n, a.placement, a.resumed_from, a.start_step, jr.changes or None)
         jr.changes = {}
         self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
@@ -286,6 +284,7 @@ class Driver:
         if obs.loss is not None:  # the final "done" heartbeat carries no loss: keep the last one
             progress["loss"] = obs.loss
         self.journal.set_job(name, **progress)
+        self.metrics.update(name, obs.step, obs.total_steps, obs.loss, a.n)
         for ck in checkpoints.complete_checkpoints(self.rd.job(name).checkpoints):
             step = checkpoints.step_of(ck) or 0
             if step > jr.last_ckpt_step:
@@ -310,7 +309,7 @@ class Driver:
         for ag in a.agents:
             ray.kill(ag, no_restart=True)
         remove_placement_group(a.pg)
-        self._hold(a.placement, -1)
+        self.books.hold(a.placement, -1)
         return codes
 
     def _attempt_done(self, jr: JobRun, obs: Observation) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from launcher.journal import Journal
 from launcher.layout import RunDir
@@ -74,9 +75,10 @@ def render(st: dict[str, Any], console: Console | None = None) -> None:
         last = job["attempts"][-1] if job["attempts"] else None
         node, gpus = _placement(last)
         step = f"{job['step']}/{job['total_steps']}" if job["total_steps"] else str(job["step"] or "-")
-        style = STATE_STYLE.get(job["state"], "")
-        t.add_row(job["name"], job["method"], f"[{style}]{job['state']}[/]" if style else job["state"],
-                  str(last["n"]) if last else "-", step, f"{job['loss']:.4f}" if job["loss"] is not None else "-",
-                  node, gpus, str(job["restarts"]), job["reason"] or "")
+        cells = [job["name"], job["method"], Text(job["state"], style=STATE_STYLE.get(job["state"], "")),
+                 str(last["n"]) if last else "-", step, f"{job['loss']:.4f}" if job["loss"] is not None else "-",
+                 node, gpus, str(job["restarts"]), job["reason"] or ""]
+        # Text cells: plan values and reasons may contain [brackets] that rich would read as markup.
+        t.add_row(*[c if isinstance(c, Text) else Text(c) for c in cells])
     console.print(t)
     console.print(f"dir: {st['dir']}")

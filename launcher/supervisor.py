@@ -71,8 +71,10 @@ class AttemptWatch:
             obs.verdict = "done"
             return obs
         # Progress = the slowest live rank's step moved (a rank stuck in a collective stalls all).
-        if beats and step > self.last_step:
-            if self.last_step >= 0 and step > self.last_step:
+        # Step 0 (loading, or the first step still running) is not progress: the start-up
+        # allowance counts from the attempt's start until the first step completes.
+        if beats and step > self.last_step and step > 0:
+            if self.last_step >= 0:
                 per_step = (now - self.last_progress) / (step - self.last_step)
                 self.steps_seen += step - self.last_step
                 if self.steps_seen > self.hang.warmup_steps:

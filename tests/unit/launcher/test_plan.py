@@ -9,6 +9,8 @@ import pytest
 from launcher.plan import JobConfig, Problem, apply_set, deep_merge, load_plan
 from launcher.resources import ClusterShape
 from launcher.spec import TrainingSpec
+from methods.params import LisaParams, SFTParams, SyntheticParams
+from methods.registry import METHODS
 
 REPO = Path(__file__).resolve().parents[3]
 PLANS = sorted((REPO / "plans").glob("*.yaml"))
@@ -22,6 +24,13 @@ SFT = """
         method: sft
         data: {train: train.jsonl}
 """
+
+KNOWN = ", ".join(sorted(METHODS))
+
+
+def fields(model) -> str:
+    return ", ".join(model.model_fields)
+
 
 REASON_DATA = ("(a local path relative to the plan, or a full hub name such as stanfordnlp/sst2; "
                "a bare name like 'sst2' is ambiguous)")
@@ -122,12 +131,25 @@ def test_unknown_method(problems, tmp_path):
           lisa: {method: lisaa}
     """)
     assert got == [Problem(str(tmp_path / "plan.yaml"), "jobs.lisa.method",
-                           "unknown method 'lisaa'; expected one of sft, synthetic")]
+                           f"unknown method 'lisaa'; expected one of {KNOWN}")]
+
+
+def test_lisa_param_typo(problems):
+    got = by_key(problems("""
+        defaults: {model: {tiny: llama}}
+        jobs:
+          lisa:
+            method: lisa
+            data: {train: train.jsonl, guide: harmful.jsonl}
+            params: {rhoo: 1, alignment_step: 100}
+    """))
+    assert got == {"jobs.lisa.params.rhoo": f"unknown key 'rhoo' (did you mean 'rho'?); expected one of {fields(LisaParams)}"}
+    assert "rho, alignment_step, finetune_step, guide_data_num" in got["jobs.lisa.params.rhoo"]
 
 
 def test_method_param_typo(problems):
     got = by_key(problems(SFT + "        params: {rhoo: 1}\n"))
-    assert got == {"jobs.sft.params.rhoo": "unknown key 'rhoo'; expected one of template, poison_ratio, sample_num, save_adapter"}
+    assert got == {"jobs.sft.params.rhoo": f"unknown key 'rhoo'; expected one of {fields(SFTParams)}"}
     got = by_key(problems(SFT + "        params: {poison_rato: 0.1}\n"))
     assert got["jobs.sft.params.poison_rato"].startswith("unknown key 'poison_rato' (did you mean 'poison_ratio'?)")
     got = by_key(problems(SFT + "        params: {poison_ratio: 2}\n"))
@@ -184,7 +206,8 @@ def test_missing_data_role_and_extra_role(problems):
           sft: {method: sft, data: {harmful: harmful.jsonl, guide: train.jsonl}}
     """))
     assert got == {"jobs.sft.data.train": "method sft needs data role 'train'",
-                   "jobs.sft.data.guide": "method sft takes no data role 'guide'; expected eval, harmful, train"}
+                   "jobs.sft.data.guide": "method sft takes no data role 'guide'; expected "
+                                          + ", ".join(sorted(METHODS["sft"].required_data + METHODS["sft"].optional_data))}
 
 
 def test_missing_model(problems):
@@ -223,8 +246,8 @@ REFS = """
 
 @pytest.mark.parametrize("adapter,needs,message", [
     ("${up.dir}", "[]", "${up.dir}: add 'up' to needs so it runs first"),
-    ("${up.adapter}", "[up]", "${up.adapter}: synthetic jobs offer dir, result, metrics, checkpoints"),
-    ("${stage1.bogus}", "[stage1]", "${stage1.bogus}: sft jobs offer dir, result, metrics, checkpoints, adapter"),
+    ("${up.adapter}", "[up]", "${up.adapter}: synthetic jobs offer " + ", ".join(METHODS["synthetic"].outputs)),
+    ("${stage1.bogus}", "[stage1]", "${stage1.bogus}: sft jobs offer " + ", ".join(METHODS["sft"].outputs)),
     ("${nope.adapter}", "[up]", "${nope.adapter}: unknown job 'nope'"),
 ])
 def test_bad_output_reference(problems, adapter, needs, message):
@@ -282,11 +305,11 @@ def test_needs_on_an_invalid_job_is_not_an_extra_error(problems):
           a: {method: lisaa}
           b: {method: synthetic, needs: [a]}
     """))
-    assert got == {"jobs.a.method": "unknown method 'lisaa'; expected one of sft, synthetic"}
+    assert got == {"jobs.a.method": f"unknown method 'lisaa'; expected one of {KNOWN}"}
 
 
 @pytest.mark.parametrize("text,key,message", [
-    ("jobs: {}\n", "jobs", "List should have at least 1 item after validation, not 0 (got {})"),
+    ("jobs: {}\n", "jobs", "Dictionary should have at least 1 item after validation, not 0 (got {})"),
     ("- a\n- b\n", "(top)", "expected a mapping with 'jobs:' (and optional name, defaults)"),
     ("jobs: [\n", "(yaml)", None),
     ("jobs:\n  'bad name': {method: synthetic}\n", "jobs.bad name", "job names use letters, digits, _ . = - only"),
@@ -309,7 +332,7 @@ def test_missing_plan_file(tmp_path):
 def test_plan_error_text_names_file_key_and_message(problems, tmp_path):
     from launcher.plan import PlanError
     got = problems("jobs:\n  a: {method: lisaa}\n")
-    assert str(PlanError(got)) == f"{tmp_path / 'plan.yaml'}: jobs.a.method: unknown method 'lisaa'; expected one of sft, synthetic"
+    assert str(PlanError(got)) == f"{tmp_path / 'plan.yaml'}: jobs.a.method: unknown method 'lisaa'; expected one of {KNOWN}"
 
 
 # --------------------------------------------------------------------------- matrices and naming
@@ -353,6 +376,22 @@ def test_matrix_name_template_seed_style(load):
     assert plan.jobs["eval"].needs == tuple(names)
 
 
+def test_matrix_name_template_full_seed_style_with_lisa(load):
+    plan = load(f"""
+        defaults: {{model: {{tiny: llama, name: Llama-2-7b-hf}}}}
+        jobs:
+          lisa:
+            method: lisa
+            data: {{train: train.jsonl, guide: harmful.jsonl}}
+            params: {{poison_ratio: 0.1, sample_num: 1000, alignment_step: 100, finetune_step: 900, guide_data_num: 10000}}
+            matrix: {{rho: [1, 0.5]}}
+            name_template: "{SEED_TEMPLATE}"
+    """)
+    assert list(plan.jobs) == ["Llama-2-7b-hf_lisa_f_1_0.1_1000_100_900_10000",
+                               "Llama-2-7b-hf_lisa_f_0.5_0.1_1000_100_900_10000"]
+    assert plan.jobs["Llama-2-7b-hf_lisa_f_1_0.1_1000_100_900_10000"].method_params["rho"] == 1
+
+
 def test_name_template_default_model_name_and_job_field(load):
     plan = load("""
         defaults: {model: {tiny: llama}}
@@ -376,8 +415,9 @@ def test_name_template_unknown_field_lists_available(problems):
             matrix: {{poison_ratio: [0.1, 0.2]}}
             name_template: "{SEED_TEMPLATE}"
     """))
-    assert got == {"jobs.lisa.name_template": f"unknown field 'rho' in {SEED_TEMPLATE!r}; available: job, method, "
-                                              "model, poison_ratio, sample_num, save_adapter, template"}
+    available = ", ".join(sorted({*SFTParams.model_fields, "job", "method", "model"}))
+    assert got == {"jobs.lisa.name_template": f"unknown field 'rho' in {SEED_TEMPLATE!r}; available: {available}"}
+    assert "poison_ratio, sample_num" in available
 
 
 def test_name_template_must_distinguish_children(problems):
@@ -480,8 +520,7 @@ def test_set_errors_are_problems_and_are_validated(problems):
     got = by_key(problems(PIPE, sets=["oops", "jobs.a.params.stepz=3"]))
     assert got == {"--set": "--set 'oops': expected key.path=value",
                    "jobs.a.params.stepz": "unknown key 'stepz' (did you mean 'steps'?); expected one of "
-                                          "steps, step_time, startup_time, hang_at_step, crash_at_step, oom_at_step, "
-                                          "fault_ranks, fault_attempts, fail_result"}
+                                          + fields(SyntheticParams)}
 
 
 # --------------------------------------------------------------------------- defaults

@@ -1,0 +1,92 @@
+"""Checkpoints count only when complete; resume takes the newest complete one; pruning is safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher import checkpoints as ck
+
+
+def make(root: Path, step: int, complete: bool) -> Path:
+    p = root / f"checkpoint-{step}"
+    p.mkdir(parents=True)
+    (p / "state.json").write_text(f'{{"step": {step}}}')
+    if complete:
+        ck.mark_complete(p, step, {"attempt": 1})
+    return p
+
+
+def names(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+def test_step_of_and_listing_ignores_other_entries(tmp_path):
+    assert ck.step_of(Path("checkpoint-12")) == 12
+    assert ck.step_of(Path("checkpoint-x")) is None
+    assert ck.step_of(Path("ckpt-3")) is None
+    make(tmp_path, 100, True)
+    make(tmp_path, 20, True)
+    make(tmp_path, 3, False)
+    (tmp_path / "checkpoint-50").write_text("a file, not a dir")
+    (tmp_path / "checkpoint-tmp").mkdir()
+    assert names(ck.all_checkpoints(tmp_path)) == ["checkpoint-3", "checkpoint-20", "checkpoint-100"]  # numeric order
+    assert names(ck.complete_checkpoints(tmp_path)) == ["checkpoint-20", "checkpoint-100"]
+    assert ck.all_checkpoints(tmp_path / "missing") == []
+
+
+def test_marker_content(tmp_path):
+    p = make(tmp_path, 7, True)
+    assert ck.is_complete(p)
+    assert ck.marker(p) == {"step": 7, "attempt": 1}
+    assert ck.marker(make(tmp_path, 8, False)) is None
+
+
+def test_latest_complete_ignores_dirs_without_marker(tmp_path):
+    assert ck.latest_complete(tmp_path) is None
+    make(tmp_path, 10, True)
+    make(tmp_path, 20, True)
+    make(tmp_path, 30, False)      # newest, but still being written (or died mid-save)
+    assert ck.latest_complete(tmp_path) == tmp_path / "checkpoint-20"
+
+
+def test_latest_complete_exclude_skips_a_broken_newest(tmp_path):
+    make(tmp_path, 10, True)
+    newest = make(tmp_path, 20, True)
+    assert ck.latest_complete(tmp_path, exclude={newest}) == tmp_path / "checkpoint-10"
+    assert ck.latest_complete(tmp_path, exclude={newest, tmp_path / "checkpoint-10"}) is None
+
+
+def test_prune_keeps_k_newest_complete(tmp_path):
+    for s in (10, 20, 30, 40):
+        make(tmp_path, s, True)
+    removed = ck.prune(tmp_path, keep=3)
+    assert names(removed) == ["checkpoint-10"]
+    assert names(ck.all_checkpoints(tmp_path)) == ["checkpoint-20", "checkpoint-30", "checkpoint-40"]
+
+
+def test_prune_never_deletes_incomplete_newer_than_newest_complete(tmp_path):
+    make(tmp_path, 5, False)       # stale: older than the newest complete one
+    for s in (10, 20, 30):
+        make(tmp_path, s, True)
+    make(tmp_path, 25, False)      # stale too
+    make(tmp_path, 40, False)      # may still be being written by another rank
+    make(tmp_path, 50, False)
+    removed = ck.prune(tmp_path, keep=2)
+    assert sorted(names(removed)) == ["checkpoint-10", "checkpoint-25", "checkpoint-5"]
+    assert names(ck.all_checkpoints(tmp_path)) == ["checkpoint-20", "checkpoint-30", "checkpoint-40", "checkpoint-50"]
+    assert (tmp_path / "checkpoint-40" / "state.json").exists()
+
+
+def test_prune_with_no_complete_checkpoint_deletes_nothing(tmp_path):
+    make(tmp_path, 10, False)
+    make(tmp_path, 20, False)
+    assert ck.prune(tmp_path, keep=2) == []
+    assert len(ck.all_checkpoints(tmp_path)) == 2
+
+
+def test_prune_keep_below_two_is_raised_to_two(tmp_path):
+    for s in (1, 2, 3):
+        make(tmp_path, s, True)
+    for keep in (1, 0, -5):
+        ck.prune(tmp_path, keep=keep)
+        assert names(ck.complete_checkpoints(tmp_path)) == ["checkpoint-2", "checkpoint-3"]

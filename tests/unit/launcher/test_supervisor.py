@@ -1,0 +1,208 @@
+"""Supervisor decisions stepped one report at a time with made-up rank reports and explicit times."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from launcher.agent import RankStatus
+from launcher.heartbeat import Heartbeat
+from launcher.spec import HangSpec, RetrySpec
+from launcher.supervisor import AttemptWatch, decide_retry
+
+T0 = 1000.0
+
+
+def rank(r: int, step: int | None = None, phase: str = "training", exit_code: int | None = None,
+         log: list[str] | None = None, total: int = 100, loss: float | None = None) -> dict:
+    hb = None if step is None else asdict(Heartbeat(rank=r, step=step, total_steps=total, phase=phase, time=0.0,
+                                                    pid=4000 + r, loss=loss))
+    return asdict(RankStatus(rank=r, pid=4000 + r, create_time=1.0, exit_code=exit_code, heartbeat=hb,
+                             log_tail=log or []))
+
+
+def watch(**hang) -> AttemptWatch:
+    return AttemptWatch(HangSpec(**hang), started=T0)
+
+
+# --------------------------------------------------------------------------- exits
+
+def test_crash_detail_has_exit_code_and_log_tail():
+    w = watch()
+    obs = w.observe([rank(0, 5), rank(1, 5)], now=T0 + 1)
+    assert obs.verdict == "running"
+    tail = [f"line {i}" for i in range(10)] + ["ValueError: bad shape"]
+    obs = w.observe([rank(0, 6, exit_code=None), rank(1, 6, exit_code=3, log=tail)], now=T0 + 2)
+    assert obs.verdict == "crash"
+    assert obs.detail == "rank 1 exited with 3: line 6 | line 7 | line 8 | line 9 | ValueError: bad shape"
+    assert obs.exit_codes == {0: None, 1: 3}
+
+
+def test_signal_death_is_a_crash():
+    obs = watch().observe([rank(0, 1, exit_code=-9, log=[])], now=T0 + 1)
+    assert (obs.verdict, obs.detail) == ("crash", "rank 0 exited with -9: ")
+
+
+def test_oom_from_log_tail():
+    log = ["step 3", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "exiting"]
+    obs = watch().observe([rank(0, 3, exit_code=1, log=log), rank(1, 3)], now=T0 + 1)
+    assert obs.verdict == "oom"
+    assert obs.detail.startswith("rank 0 exited with 1: step 3 | torch.OutOfMemoryError: CUDA out of memory")
+
+
+def test_oom_text_further_up_the_tail_still_counts():
+    log = ["RuntimeError: CUDA out of memory."] + [f"traceback {i}" for i in range(30)]
+    assert watch().observe([rank(0, 3, exit_code=1, log=log)], now=T0 + 1).verdict == "oom"
+
+
+def test_done_when_all_exit_zero():
+    w = watch()
+    assert w.observe([rank(0, 99), rank(1, 100, exit_code=0)], now=T0 + 1).verdict == "running"
+    obs = w.observe([rank(0, 100, phase="done", exit_code=0, loss=0.1), rank(1, 100, phase="done", exit_code=0)],
+                    now=T0 + 2)
+    assert (obs.verdict, obs.step, obs.total_steps, obs.loss) == ("done", 100, 100, 0.1)
+
+
+# --------------------------------------------------------------------------- hangs
+
+def test_hang_after_startup_timeout_without_heartbeat():
+    w = watch(startup=60, step=10)
+    assert w.observe([rank(0), rank(1)], now=T0 + 59).verdict == "running"
+    obs = w.observe([rank(0), rank(1)], now=T0 + 61)
+    assert obs.verdict == "hang"
+    assert obs.detail == "no progress for 61s in phase start-up (timeout 60s) at step 0"
+
+
+def test_startup_timeout_applies_while_loading_and_until_every_rank_beats():
+    w = watch(startup=60, step=5)
+    # the start-up clock runs from the attempt's start; a first heartbeat at step 0 does not reset it
+    assert w.observe([rank(0, 0, phase="loading"), rank(1)], now=T0 + 30).verdict == "running"
+    # rank 0 has reached training but rank 1 has no heartbeat yet: still start-up, not the 5 s step timeout
+    assert w.observe([rank(0, 3), rank(1)], now=T0 + 50).verdict == "running"
+    assert w.observe([rank(0, 3), rank(1)], now=T0 + 60).verdict == "running"
+    obs = w.observe([rank(0, 3), rank(1)], now=T0 + 61)
+    assert obs.verdict == "hang"
+    assert obs.detail == "no progress for 61s in phase start-up (timeout 60s) at step 0"
+    # all ranks loading: start-up allowance too
+    w = watch(startup=60, step=5)
+    w.observe([rank(0, 0, phase="loading"), rank(1, 0, phase="loading")], now=T0 + 1)
+    assert w.observe([rank(0, 0, phase="loading"), rank(1, 0, phase="loading")], now=T0 + 60).verdict == "running"
+    assert w.observe([rank(0, 0, phase="loading"), rank(1, 0, phase="loading")], now=T0 + 62).verdict == "hang"
+
+
+def test_hang_when_step_stops_advancing_fixed_timeout():
+    w = watch(startup=600, step=10)
+    for t, s in [(5, 0), (6, 1), (7, 2), (8, 3)]:
+        assert w.observe([rank(0, s), rank(1, s)], now=T0 + t).verdict == "running"
+    assert w.observe([rank(0, 3), rank(1, 3)], now=T0 + 18).verdict == "running"
+    obs = w.observe([rank(0, 3), rank(1, 3)], now=T0 + 18.5)
+    assert obs.verdict == "hang"
+    assert obs.detail == "no progress for 10s in phase training (timeout 10s) at step 3"
+
+
+def test_one_stuck_rank_stalls_progress():
+    """Progress is the slowest rank's step: rank 0 racing ahead does not hide rank 1 stuck."""
+    w = watch(startup=600, step=10)
+    w.observe([rank(0, 1), rank(1, 1)], now=T0 + 1)
+    for t in range(2, 12):
+        assert w.observe([rank(0, t), rank(1, 1)], now=T0 + t).verdict == "running"
+    obs = w.observe([rank(0, 12), rank(1, 1)], now=T0 + 12)
+    assert obs.verdict == "hang" and obs.detail == "no progress for 11s in phase training (timeout 10s) at step 1"
+    assert obs.step == 12          # reported step is rank 0's
+
+
+def test_auto_step_timeout_learned_after_warmup():
+    w = watch(startup=100, step="auto", factor=5, min_step=1, warmup_steps=2)
+    reports = [(1, 0), (2, 1), (3, 2), (4, 3), (6, 4)]   # step time 1s, then one 2s step
+    for t, s in reports:
+        assert w.observe([rank(0, s)], now=T0 + t).verdict == "running"
+        if s < 3:
+            assert w.step_timeout() is None        # still warming up: start-up allowance applies
+    assert w.slowest_step == 2.0
+    assert w.step_timeout() == 10.0               # max(min_step 1, 5 x 2s)
+    assert w.learned_step_timeout == 10.0
+    assert w.observe([rank(0, 4)], now=T0 + 16).verdict == "running"
+    obs = w.observe([rank(0, 4)], now=T0 + 16.5)
+    assert obs.verdict == "hang"
+    assert obs.detail == "no progress for 10s in phase training (timeout 10s) at step 4"
+
+
+def test_auto_before_learning_uses_startup_allowance():
+    w = watch(startup=100, step="auto", factor=5, min_step=1, warmup_steps=3)
+    w.observe([rank(0, 0)], now=T0 + 1)
+    w.observe([rank(0, 1)], now=T0 + 2)
+    assert w.observe([rank(0, 1)], now=T0 + 101).verdict == "running"
+    assert w.observe([rank(0, 1)], now=T0 + 102.5).verdict == "hang"
+
+
+def test_auto_step_timeout_never_below_min_step():
+    w = watch(startup=100, step="auto", factor=5, min_step=30, warmup_steps=0)
+    for i in range(5):
+        w.observe([rank(0, i)], now=T0 + 1 + 0.1 * i)
+    assert w.step_timeout() == 30.0
+
+
+def test_auto_step_timeout_carries_over_and_never_shrinks():
+    w = AttemptWatch(HangSpec(step="auto", factor=5, min_step=1, warmup_steps=0), started=T0, learned_step_timeout=50.0)
+    assert w.step_timeout() == 50.0
+    w.observe([rank(0, 0)], now=T0 + 1)
+    w.observe([rank(0, 1)], now=T0 + 2)           # 1 s step: 5 s would be learned, 50 s is kept
+    assert w.step_timeout() == 50.0
+    assert w.observe([rank(0, 1)], now=T0 + 40).verdict == "running"
+
+
+def test_saving_phase_uses_save_timeout():
+    w = watch(startup=600, step=10, save=100)
+    w.observe([rank(0, 0), rank(1, 0)], now=T0 + 1)
+    w.observe([rank(0, 5), rank(1, 5)], now=T0 + 10)
+    assert w.observe([rank(0, 5, phase="saving"), rank(1, 5, phase="saving")], now=T0 + 50).verdict == "running"
+    assert w.observe([rank(0, 5, phase="saving"), rank(1, 5)], now=T0 + 109).verdict == "running"
+    obs = w.observe([rank(0, 5, phase="saving"), rank(1, 5, phase="saving")], now=T0 + 111)
+    assert obs.verdict == "hang"
+    assert obs.detail == "no progress for 101s in phase saving (timeout 100s) at step 5"
+
+
+def test_evaluating_phase_uses_eval_timeout():
+    w = watch(startup=600, step=10, eval=200)
+    w.observe([rank(0, 0)], now=T0 + 1)
+    w.observe([rank(0, 5)], now=T0 + 10)
+    assert w.observe([rank(0, 5, phase="evaluating")], now=T0 + 200).verdict == "running"
+    assert w.observe([rank(0, 5, phase="evaluating")], now=T0 + 211).detail.startswith("no progress for 201s in phase evaluating")
+
+
+def test_observation_carries_rank0_progress():
+    obs = watch().observe([rank(1, 7, total=50), rank(0, 9, total=50, loss=0.25)], now=T0 + 1)
+    assert (obs.verdict, obs.step, obs.total_steps, obs.loss) == ("running", 9, 50, 0.25)
+
+
+# --------------------------------------------------------------------------- retries
+
+def test_backoff_doubles_and_caps():
+    spec = RetrySpec(max_restarts=10, backoff=5, backoff_max=30, no_progress_limit=10)
+    delays = [decide_retry(spec, n, 0, "crash").delay for n in range(6)]
+    assert delays == [5, 10, 20, 30, 30, 30]
+    d = decide_retry(spec, 2, 0, "hang")
+    assert (d.retry, d.reason) == (True, "hang; restart 3/10 in 20s")
+
+
+def test_retry_stops_at_max_restarts():
+    spec = RetrySpec(max_restarts=2, backoff=1)
+    assert decide_retry(spec, 1, 0, "crash").retry is True
+    d = decide_retry(spec, 2, 0, "crash")
+    assert (d.retry, d.delay) == (False, 0)
+    assert d.reason == "crash; gave up after 2 restart(s) (retry.max_restarts)"
+    assert decide_retry(RetrySpec(max_restarts=0), 0, 0, "oom").retry is False
+
+
+def test_retry_stops_at_no_progress_limit():
+    spec = RetrySpec(max_restarts=10, backoff=1, no_progress_limit=3)
+    assert decide_retry(spec, 2, 2, "hang").retry is True
+    d = decide_retry(spec, 3, 3, "hang")
+    assert d.retry is False
+    assert d.reason == "hang; no new checkpoint across 3 restarts (retry.no_progress_limit): not looping"
+
+
+@pytest.mark.parametrize("verdict", ["crash", "hang", "oom", "lost"])
+def test_retry_reason_names_the_verdict(verdict):
+    assert decide_retry(RetrySpec(), 0, 0, verdict).reason.startswith(f"{verdict}; restart 1/2")
