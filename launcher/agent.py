@@ -142,3 +142,14 @@ class NodeAgent:
 
 
 RemoteAgent = ray.remote(NodeAgent)
+
+
+@ray.remote(num_cpus=0)
+def sweep_node(run_id: str, records: list[tuple[int, float, bool]]) -> list[int]:
+    """Kill what a lost agent left on its node: each recorded (pid, create_time, is_rank_leader) is
+    verified (create time and run marker) before it is signalled."""
+    owned = [procs.Owned(pid, ct) for pid, ct, _ in records]
+    alive = [o for o in owned if o.process(run_id) is not None]
+    leaders = [procs.Owned(pid, ct) for pid, ct, lead in records if lead]
+    procs.terminate_tree(leaders, alive, run_id, grace=2.0)
+    return [o.pid for o in alive]

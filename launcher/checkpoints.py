@@ -45,12 +45,50 @@ def latest_complete(ckpt_root: Path, exclude: set[Path] | frozenset[Path] = froz
     return None
 
 
+def manifest(path: Path) -> dict[str, int]:
+    """Every file of the checkpoint with its size: what `verify` checks before a resume."""
+    return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name != MARKER}
+
+
 def mark_complete(path: Path, step: int, extra: dict | None = None) -> None:
-    write_json(path / MARKER, {"step": step, **(extra or {})})
+    write_json(path / MARKER, {"step": step, "files": manifest(path), **(extra or {})})
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint is whole; else what is wrong (a file missing, truncated or unreadable)."""
+    m = marker(path)
+    if m is None:
+        return "no COMPLETE marker"
+    for rel, size in (m.get("files") or {}).items():
+        f = path / rel
+        try:
+            actual = f.stat().st_size
+        except FileNotFoundError:
+            return f"{rel} is missing"
+        if actual != size:
+            return f"{rel} has {actual} bytes, {size} when it was saved"
+    return None
+
+
+def newest_usable(ckpt_root: Path, exclude: set[Path]) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint that verifies, and the newer ones rejected on the way (with why)."""
+    rejected = []
+    for p in reversed(complete_checkpoints(ckpt_root)):
+        if p in exclude:
+            continue
+        why = verify(p)
+        if why is None:
+            return p, rejected
+        rejected.append((p, why))
+    return None, rejected
 
 
 def marker(path: Path) -> dict | None:
-    return read_json(path / MARKER)
+    try:
+        return read_json(path / MARKER)
+    except ValueError:  # a marker that is not JSON counts as no marker
+        return None
 
 
 def prune(ckpt_root: Path, keep: int) -> list[Path]:

@@ -141,7 +141,7 @@ def launch_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _launch_parser().parse_args(argv)
     # No markup: plan values such as "[validation]" must print as written.
-    console = Console(soft_wrap=True, markup=False, highlight=False)
+    console = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
     opts = _cluster_options(args)
     ctx = None
     if args.address and not args.detach:  # joining starts nothing; the cluster's real shape validates the plan
@@ -320,6 +320,7 @@ def status_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/status", description="Show a run's jobs from its journal.")
     p.add_argument("run", nargs="?", help="run id or directory (default: the latest run)")
     p.add_argument("--json", action="store_true", help="machine-readable output (a stable contract)")
+    p.add_argument("--watch", action="store_true", help="a live table until the run ends")
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     args = p.parse_args(argv)
     try:
@@ -327,6 +328,12 @@ def status_main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(str(e), file=sys.stderr)
         return 2
+    if args.watch and not args.json:
+        try:
+            status.watch(rd)
+        except KeyboardInterrupt:
+            pass
+        return 0
     st = status.collect(rd)
     if args.json:
         print(json.dumps(st, indent=2))

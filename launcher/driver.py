@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -19,10 +20,10 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from launcher import checkpoints, control, dsconfig, rundir, scheduler
-from launcher.agent import RemoteAgent
+from launcher.agent import RemoteAgent, sweep_node
 from launcher.atomic import read_json
 from launcher.journal import Journal, ProcessRecord
 from launcher.layout import RunDir
@@ -33,6 +34,7 @@ from launcher.supervisor import AttemptWatch, Observation, decide_retry
 
 log = logging.getLogger("launcher")
 POLL_S = 0.5
+CHECKPOINT_ERROR_RE = re.compile(r"checkpoint|PytorchStreamReader|unpickl|safetensors|state_dict|EOFError", re.I)
 RPC_TIMEOUT_S = 60.0
 
 
@@ -216,7 +218,11 @@ class Driver:
         if not ready:
             return
         job, r = jr.job, jr.job.config.resources
-        resume = checkpoints.latest_complete(self.rd.job(job.name).checkpoints, jr.bad_checkpoints)
+        resume, rejected = checkpoints.newest_usable(self.rd.job(job.name).checkpoints, jr.bad_checkpoints)
+        for path, why in rejected:
+            jr.bad_checkpoints.add(path)
+            self._say(f"checkpoint {path.name} is unusable ({why}); falling back to an older one", job.name,
+                      kind="checkpoint")
         a.resumed_from = str(resume) if resume else None
         a.start_step = checkpoints.step_of(resume) or 0 if resume else 0
         a.watch = AttemptWatch(job.config.hang, learned_step_timeout=jr.learned_step_timeout)
@@ -296,27 +302,46 @@ class Driver:
             loss = f", loss {obs.loss:.4f}" if obs.loss is not None else ""
             log.info("%s: step %d/%d%s", name, obs.step, obs.total_steps, loss)
 
-    def _release(self, a: Attempt, grace: float) -> dict[int, int | None]:
-        """Stop ranks (verified kills), then free the agents and the placement group."""
+    def _release(self, a: Attempt, grace: float, job: str = "") -> dict[int, int | None]:
+        """Stop ranks (verified kills), then free the agents and the placement group.
+
+        An agent that cannot answer (lost) has its node swept by a task pinned to that node,
+        from the processes the journal recorded for this attempt.
+        """
         codes: dict[int, int | None] = {}
-        try:
-            for res in ray.get([ag.stop.remote(grace) for ag in a.agents], timeout=grace + 60):
+        refs = [ag.stop.remote(grace) for ag in a.agents]
+        for i, ref in enumerate(refs):
+            try:
+                res = ray.get(ref, timeout=grace + 60)
                 codes.update({int(k): v for k, v in res["exit_codes"].items()})
                 if res["still_alive"]:
-                    log.warning("processes still alive after kill: %s", res["still_alive"])
-        except (RayActorError, GetTimeoutError) as e:
-            log.warning("stopping agents: %s", e)
+                    log.warning("%s: processes still alive after kill: %s", job, res["still_alive"])
+            except (RayActorError, GetTimeoutError) as e:
+                log.warning("%s: agent %d did not stop its ranks (%s); sweeping its node", job, i, type(e).__name__)
+                if i < len(a.placement):
+                    self._sweep_node(job, a, a.placement[i]["node"])
         for ag in a.agents:
             ray.kill(ag, no_restart=True)
         remove_placement_group(a.pg)
         self.books.hold(a.placement, -1)
         return codes
 
+    def _sweep_node(self, job: str, a: Attempt, node: str) -> None:
+        recs = [(r.pid, r.create_time, r.role == "rank") for r in self.journal.processes(job=job, attempt=a.n)
+                if r.node == node]
+        strat = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        try:
+            hit = ray.get(sweep_node.options(scheduling_strategy=strat).remote(self.run_id, recs), timeout=RPC_TIMEOUT_S)
+            if hit:
+                self._say(f"swept {len(hit)} leftover process(es) on node {node[:8]}: {hit}", job, kind="sweep")
+        except (RayActorError, GetTimeoutError, ray.exceptions.RayError) as e:
+            self._say(f"could not sweep node {node[:8]} ({type(e).__name__}); is the node gone?", job, kind="sweep")
+
     def _attempt_done(self, jr: JobRun, obs: Observation) -> None:
         a = jr.current
         assert a is not None
         name = jr.job.name
-        self._release(a, grace=5.0)
+        self._release(a, grace=5.0, job=name)
         result = read_json(self.rd.job(name).result) or {}
         ok = result.get("status") == "succeeded"
         self.journal.end_attempt(name, a.n, "succeeded" if ok else "failed", None, obs.exit_codes, obs.step)
@@ -337,13 +362,18 @@ class Driver:
             except (RayActorError, GetTimeoutError) as e:
                 log.warning("%s: could not dump stacks: %s", name, e)
             grace = 2.0
-        codes = self._release(a, grace=grace)
+        codes = self._release(a, grace=grace, job=name)
         codes.update({k: v for k, v in obs.exit_codes.items() if v is not None})
         lost = max(0, obs.step - (jr.last_ckpt_step if jr.last_ckpt_step >= 0 else 0))
         self.journal.end_attempt(name, a.n, "failed", obs.verdict, codes, obs.step, lost, obs.detail)
         self._say(f"attempt {a.n} failed ({obs.verdict}): {obs.detail}", name, kind="failure")
         if obs.verdict == "oom":
             self._halve_batch(jr)
+        if (obs.verdict == "crash" and a.resumed_from and obs.step <= a.start_step
+                and CHECKPOINT_ERROR_RE.search(obs.detail)):
+            # Died loading the checkpoint it resumed from: the next attempt takes the one before it.
+            jr.bad_checkpoints.add(Path(a.resumed_from))
+            self._say(f"{Path(a.resumed_from).name} failed to load; the next attempt falls back", name, kind="checkpoint")
         d = decide_retry(jr.job.config.retry, jr.attempts - 1, jr.restarts_without_progress, obs.verdict)
         if d.retry:
             jr.restarts_without_progress += 1
@@ -372,7 +402,7 @@ class Driver:
     def _kill_job(self, jr: JobRun, why: str, grace: float = 10.0) -> None:
         name = jr.job.name
         if jr.state in ("running", "placing") and jr.current is not None:
-            codes = self._release(jr.current, grace=grace)
+            codes = self._release(jr.current, grace=grace, job=name)
             if jr.state == "running":
                 a = jr.current
                 lost = max(0, a.step - max(jr.last_ckpt_step, 0))

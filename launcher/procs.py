@@ -130,6 +130,8 @@ def terminate_tree(leaders: list[Owned], known: list[Owned], run_id: str, grace:
     tracked = list({o.pid: o for o in [*leaders, *known, *[d for lead in leaders for d in descendants(lead, run_id)]]}.values())
     for lead in leaders:
         signal_group(lead, signal.SIGTERM, run_id)
+    # Descendants that left the group (own session) or outlived their leader get TERM too.
+    kill_verified(tracked, run_id, signal.SIGTERM)
     alive = wait_gone(tracked, run_id, grace)
     if alive:
         for lead in leaders:

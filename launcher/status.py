@@ -6,7 +6,10 @@ Reads run.db read-only, so it works while the driver is writing and after the ru
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -15,6 +18,37 @@ from rich.text import Text
 
 from launcher.journal import Journal
 from launcher.layout import RunDir
+
+
+def _tail_records(path: Path, n: int = 30) -> list[dict[str, Any]]:
+    """The last n JSON lines of a file, reading only its end (metrics files grow for hours)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 32 * 1024))
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    if size > 32 * 1024:
+        lines = lines[1:]  # the first line read is probably cut
+    out = []
+    for line in lines[-n:]:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def speed(rd: RunDir, job: str, step: int, total: int | None) -> tuple[float | None, float | None]:
+    """(steps per second over the recent metrics, seconds left) for a running job."""
+    recs = [r for r in _tail_records(rd.job(job).metrics) if "step" in r and "time" in r]
+    if len(recs) < 2 or recs[-1]["time"] <= recs[0]["time"]:
+        return None, None
+    rate = (recs[-1]["step"] - recs[0]["step"]) / (recs[-1]["time"] - recs[0]["time"])
+    if rate <= 0:
+        return None, None
+    return rate, ((total - step) / rate if total else None)
 
 
 def _loads(s: str | None, default: Any) -> Any:
@@ -42,7 +76,9 @@ def collect(rd: RunDir) -> dict[str, Any]:
         jobs = []
         for row in j.jobs():
             att = attempts.get(row["name"], [])
+            rate, eta = speed(rd, row["name"], row["step"], row["total_steps"]) if row["state"] == "running" else (None, None)
             jobs.append({
+                "steps_per_s": rate, "eta_s": eta,
                 "name": row["name"], "method": row["method"], "state": row["state"], "step": row["step"],
                 "total_steps": row["total_steps"], "loss": row["loss"], "needs": _loads(row["needs"], []),
                 "world_size": row["world_size"], "reason": row["reason"], "restarts": max(0, len(att) - 1),
@@ -62,14 +98,23 @@ def _placement(att: dict[str, Any] | None) -> tuple[str, str]:
     return nodes, gpus
 
 
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "skipped": "yellow", "killed": "magenta"}
 
 
-def render(st: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+def console_for_stdout() -> Console:
+    # Not a terminal (a log, a pipe): rich would squeeze the table into 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def table(st: dict[str, Any]) -> Table:
     took = (st["ended"] or time.time()) - st["created"]
     t = Table(title=f"run {st['run']}  [{st['state']}]  {took:.0f}s", title_justify="left")
-    for col in ("job", "method", "state", "attempt", "step", "loss", "node", "GPUs", "restarts", "note"):
+    for col in ("job", "method", "state", "attempt", "step", "loss", "steps/s", "ETA", "node", "GPUs", "restarts", "note"):
         t.add_column(col, no_wrap=col not in ("note",))
     for job in st["jobs"]:
         last = job["attempts"][-1] if job["attempts"] else None
@@ -77,8 +122,27 @@ def render(st: dict[str, Any], console: Console | None = None) -> None:
         step = f"{job['step']}/{job['total_steps']}" if job["total_steps"] else str(job["step"] or "-")
         cells = [job["name"], job["method"], Text(job["state"], style=STATE_STYLE.get(job["state"], "")),
                  str(last["n"]) if last else "-", step, f"{job['loss']:.4f}" if job["loss"] is not None else "-",
-                 node, gpus, str(job["restarts"]), job["reason"] or ""]
+                 f"{job['steps_per_s']:.2f}" if job["steps_per_s"] else "-",
+                 _duration(job["eta_s"]) if job["eta_s"] is not None else "-", node, gpus, str(job["restarts"]), job["reason"] or ""]
         # Text cells: plan values and reasons may contain [brackets] that rich would read as markup.
         t.add_row(*[c if isinstance(c, Text) else Text(c) for c in cells])
-    console.print(t)
-    console.print(f"dir: {st['dir']}")
+    t.caption = f"dir: {st['dir']}"
+    t.caption_justify = "left"
+    return t
+
+
+def render(st: dict[str, Any], console: Console | None = None) -> None:
+    (console or console_for_stdout()).print(table(st))
+
+
+def watch(rd: RunDir, interval: float = 2.0) -> None:
+    """A live table until the run ends (Ctrl-C leaves it, the run goes on)."""
+    from rich.live import Live
+
+    with Live(table(collect(rd)), console=console_for_stdout(), refresh_per_second=4) as live:
+        while True:
+            st = collect(rd)
+            live.update(table(st))
+            if st["state"] not in ("running", "pending"):
+                return
+            time.sleep(interval)

@@ -125,3 +125,4 @@ class SyntheticParams(Params):
     fault_ranks: list[int] = Field(default_factory=lambda: [0], description="ranks that inject the faults")
     fault_attempts: list[int] = Field(default_factory=lambda: [1], description="attempts that inject the faults")
     fail_result: bool = Field(False, description="finish but report status failed in result.json")
+    spawn_child: bool = Field(False, description="start a long-sleeping child process (tests that sweeps reach a rank's descendants)")

@@ -7,6 +7,7 @@ inject faults (hang, crash, OOM) so scheduling and recovery are tested cheaply.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,9 @@ def run(job: JobFile) -> int:
     step = _start_step(job)
     print(f"[synthetic] rank {rank} attempt {job.attempt} starting at step {step}/{p.steps}", flush=True)
     faulty = _faulty(p, job, rank)
+    if p.spawn_child:
+        # Not covered by the parent-death signal (not inherited): only the launcher's sweep ends it.
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
     while step < p.steps:
         time.sleep(p.step_time)
         step += 1

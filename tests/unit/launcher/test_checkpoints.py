@@ -37,7 +37,7 @@ def test_step_of_and_listing_ignores_other_entries(tmp_path):
 def test_marker_content(tmp_path):
     p = make(tmp_path, 7, True)
     assert ck.is_complete(p)
-    assert ck.marker(p) == {"step": 7, "attempt": 1}
+    assert ck.marker(p) == {"step": 7, "attempt": 1, "files": ck.manifest(p)}
     assert ck.marker(make(tmp_path, 8, False)) is None
 
 
@@ -90,3 +90,24 @@ def test_prune_keep_below_two_is_raised_to_two(tmp_path):
     for keep in (1, 0, -5):
         ck.prune(tmp_path, keep=keep)
         assert names(ck.complete_checkpoints(tmp_path)) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_verify_catches_truncated_and_missing_files_and_newest_usable_falls_back(tmp_path):
+    from launcher.checkpoints import mark_complete, newest_usable, verify
+
+    root = tmp_path / "checkpoints"
+    for step in (5, 10):
+        d = root / f"checkpoint-{step}"
+        (d / "sub").mkdir(parents=True)
+        (d / "state.json").write_text('{"step": %d}' % step)
+        (d / "sub" / "weights.bin").write_bytes(b"x" * 100)
+        mark_complete(d, step)
+    assert verify(root / "checkpoint-10") is None
+    (root / "checkpoint-10" / "sub" / "weights.bin").write_bytes(b"x" * 40)   # truncated after the marker
+    assert verify(root / "checkpoint-10") == "sub/weights.bin has 40 bytes, 100 when it was saved"
+    best, rejected = newest_usable(root, set())
+    assert best == root / "checkpoint-5" and [p.name for p, _ in rejected] == ["checkpoint-10"]
+    (root / "checkpoint-5" / "state.json").unlink()
+    assert verify(root / "checkpoint-5") == "state.json is missing"
+    assert newest_usable(root, set())[0] is None
+    assert newest_usable(root, {root / "checkpoint-10"})[1] == [(root / "checkpoint-5", "state.json is missing")]
