@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from launcher import cli
+from launcher import cli, report
 
 COMMANDS = {"launch": cli.launch_main, "status": cli.status_main, "kill": cli.kill_main, "resume": cli.resume_main,
-            "logs": cli.logs_main}
+            "logs": cli.logs_main, "report": report.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from launcher import heartbeat, procs
+from launcher import heartbeat, monitor, procs
 from launcher.layout import JobDir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +85,7 @@ class NodeAgent:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(info["gpus"])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")   # CUDA indices = NVML indices (what the monitor queries)
         started = []
         for local_rank, rank in enumerate(self.ranks):
             renv = dict(env, RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(self.world_size),
@@ -97,6 +98,7 @@ class NodeAgent:
             self.known[owned.pid] = owned
             started.append({"rank": rank, "pid": owned.pid, "create_time": owned.create_time, "pgid": owned.pid,
                             "node": info["node"]})
+        monitor.attach(self)   # memory sampler thread: gpu_mem.csv / peak_mem.csv / Ray gauges
         return started
 
     def poll(self) -> dict[str, Any]:
@@ -137,6 +139,7 @@ class NodeAgent:
         """TERM → grace → KILL the rank groups, then sweep every descendant we ever saw."""
         leaders = [owned for _, owned in self.children.values()]
         alive = procs.terminate_tree(leaders, list(self.known.values()), self.run_id, grace)
+        monitor.detach(self)   # last sample (the release), then peak_mem.csv
         codes = {rank: proc.poll() for rank, (proc, _) in self.children.items()}
         return {"exit_codes": codes, "still_alive": [o.pid for o in alive]}
 

@@ -27,6 +27,7 @@ from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.lifecycle import DriverInfo, sweep
 from launcher.plan import Plan, PlanError, load_plan
+from launcher.scheduler import ORDERS
 
 DEFAULT_RUNS = Path(os.environ.get("SL_RUNS_DIR", "runs"))
 
@@ -46,6 +47,8 @@ def _launch_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default: localhost only)")
     p.add_argument("--dashboard-port", type=int, default=8265)
     p.add_argument("--detach", action="store_true", help="run the driver in its own session and return at once")
+    p.add_argument("--order", choices=ORDERS, default="critical-path",
+                   help="which ready job gets free GPUs first (fifo: plan order, for comparison)")
     return p
 
 
@@ -105,7 +108,7 @@ def _detach(argv: list[str], runs_dir: Path, run_id: str) -> int:
 
 
 def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], opts: ClusterOptions,
-               declare: int | None, ctx: object | None, console: Console) -> int:
+               declare: int | None, ctx: object | None, console: Console, order: str = "critical-path") -> int:
     """Start or join Ray, run the driver loop to the end, print the final table."""
     t0 = time.time()
     try:
@@ -115,7 +118,7 @@ def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str
         if getattr(ctx, "dashboard_url", None):
             print(f"  dashboard http://{ctx.dashboard_url}", flush=True)  # type: ignore[attr-defined]
         from launcher.driver import Driver  # imports ray actors; only needed once Ray is up
-        final = Driver(plan, rd, journal, env, shape_from_ray()).run()
+        final = Driver(plan, rd, journal, env, shape_from_ray(), order).run()
     except BaseException as e:
         journal.set_run(state="failed", ended=time.time())
         journal.event("run", f"driver error: {type(e).__name__}: {e}")
@@ -172,7 +175,7 @@ def launch_main(argv: list[str] | None = None) -> int:
     for i, (name, job) in enumerate(plan.jobs.items()):
         journal.add_job(name, job.base, job.config.method, list(job.needs), job.config.resources.world_size, i)
     print(f"run {rd.root.name}\n  dir {rd.root}\n  cluster {shape.describe()}", flush=True)
-    return run_driver(plan, rd, journal, env, opts, declare, ctx, console)
+    return run_driver(plan, rd, journal, env, opts, declare, ctx, console, args.order)
 
 
 def resume_main(argv: list[str] | None = None) -> int:
@@ -216,7 +219,7 @@ def resume_main(argv: list[str] | None = None) -> int:
                     state="running", ended=None)
     journal.event("resume", f"resumed by bin/resume; swept {len(swept)} leftover process(es)", pids=swept)
     print(f"resuming run {rd.root.name}\n  dir {rd.root}" + (f"\n  swept leftover pids {swept}" if swept else ""), flush=True)
-    return run_driver(plan, rd, journal, env, opts, declare, None, Console(soft_wrap=True))
+    return run_driver(plan, rd, journal, env, opts, declare, None, Console(soft_wrap=True), launch_args.order)
 
 
 def _detach_resume(argv: list[str], rd: RunDir) -> int:

@@ -60,7 +60,8 @@ def start(opts: ClusterOptions, declare_gpus: int | None) -> Any:
     resources = {f"accelerator_type:{opts.gpu_type}": 1.0} if opts.gpu_type else None
     # Simulated GPUs are logical: give Ray enough logical CPUs that CPU never limits placement.
     num_cpus = max(os.cpu_count() or 1, 2 * (declare_gpus or 0)) if declare_gpus else None
-    return ray.init(num_gpus=declare_gpus, num_cpus=num_cpus, resources=resources, namespace=opts.namespace,
+    # address="local": always a fresh Ray owned by this driver, never whatever cluster happens to run here.
+    return ray.init(address="local", num_gpus=declare_gpus, num_cpus=num_cpus, resources=resources, namespace=opts.namespace,
                     include_dashboard=opts.dashboard, dashboard_host=opts.dashboard_host,
                     dashboard_port=opts.dashboard_port, log_to_driver=False)
 

@@ -22,7 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from launcher import checkpoints, control, dsconfig, rundir, scheduler
+from launcher import checkpoints, control, dsconfig, monitor, rundir, scheduler
 from launcher.agent import RemoteAgent, sweep_node
 from launcher.atomic import read_json
 from launcher.journal import Journal, ProcessRecord
@@ -67,8 +67,9 @@ class JobRun:
 
 
 class Driver:
-    def __init__(self, plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], shape: ClusterShape):
-        self.plan, self.rd, self.journal, self.env, self.shape = plan, rd, journal, env, shape
+    def __init__(self, plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], shape: ClusterShape,
+                 policy: str = "critical-path"):
+        self.plan, self.rd, self.journal, self.env, self.shape, self.policy = plan, rd, journal, env, shape, policy
         self.books = scheduler.Books(shape)
         self.order = {n: i for i, n in enumerate(plan.jobs)}
         self.last_wait_note = 0.0
@@ -186,7 +187,8 @@ class Driver:
             return None
         ready = [n for n, jr in self.jobs.items() if jr.state == "pending"
                  and all(self.jobs[u].state == "succeeded" for u in jr.job.needs)]
-        name = scheduler.pick(ready, self.priority, self.order, lambda n: self.books.fits(self.jobs[n].job.config.resources))
+        name = scheduler.pick(ready, self.priority, self.order,
+                              lambda n: self.books.fits(self.jobs[n].job.config.resources), self.policy)
         if name is None:
             if ready and time.time() - self.last_wait_note > 30:
                 self.last_wait_note = time.time()
@@ -324,6 +326,7 @@ class Driver:
             ray.kill(ag, no_restart=True)
         remove_placement_group(a.pg)
         self.books.hold(a.placement, -1)
+        monitor.write_run_peaks(self.rd, rebuild=False)
         return codes
 
     def _sweep_node(self, job: str, a: Attempt, node: str) -> None:

@@ -130,10 +130,8 @@ def _poisoned(job: JobInfo) -> bool:
         return False
 
 
-def reference(metric: str, evaluated: JobInfo | None) -> str:
+def reference(metric: str, evaluated: JobInfo) -> str:
     """The paper/seed value a reproduction should approach (METHODS.md), where one is known."""
-    if evaluated is None:
-        return ""
     m = evaluated.method
     if metric == "HS":
         if m == "lisa":
@@ -147,15 +145,14 @@ def reference(metric: str, evaluated: JobInfo | None) -> str:
     return ""
 
 
-def _evaluated(job: JobInfo, by_name: dict[str, JobInfo]) -> JobInfo | None:
-    """The model an evaluation job judges: its upstream training job (the first, when several)."""
+def _evaluated(job: JobInfo, by_name: dict[str, JobInfo]) -> JobInfo:
+    """What a job's numbers are about: for an evaluation job the model it judges (its first
+    upstream job, the one whose adapter it loads); for any other job, the job itself."""
     ups = [by_name[n] for n in job.needs if n in by_name]
-    return ups[0] if ups else None
+    return ups[0] if job.method.startswith("eval") and ups else job
 
 
-def _describe(job: JobInfo | None) -> str:
-    if job is None:
-        return "-"
+def _describe(job: JobInfo) -> str:
     extra = []
     if job.params.get("poison_ratio"):
         extra.append(f"poison {job.params['poison_ratio']}")
@@ -267,8 +264,12 @@ def build(rd: RunDir, plots: bool = True) -> Report:
     monitor.write_run_peaks(rd, [j.name for j in r.jobs])
     rd.report_dir.mkdir(parents=True, exist_ok=True)
     if plots:
-        from launcher import report_plots   # matplotlib only when plotting
-        r.plots = report_plots.draw_all(r, rd)
+        try:
+            from launcher import report_plots   # matplotlib only when plotting
+        except ImportError as e:   # matplotlib comes with the demo extra: the tables still get written
+            print(f"no plots: {e}", file=sys.stderr)
+        else:
+            r.plots = report_plots.draw_all(r, rd)
     write_text(rd.report_md, markdown(r))
     write_text(rd.report_dir / "report.json", json.dumps(r.to_json(), indent=2, default=str) + "\n")
     return r

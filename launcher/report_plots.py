@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from launcher import monitor  # noqa: E402
 from launcher.layout import RunDir  # noqa: E402
@@ -39,6 +40,27 @@ def thin(xs: list[float], ys: list[float], n: int = MAX_POINTS) -> tuple[list[fl
     return ox, oy
 
 
+def _lines(ax: Any, pts: list[tuple[float, float, int]], label: str, **kw: Any) -> None:
+    """One line per attempt (no segment bridging a restart), thinned, labelled once."""
+    for i, a in enumerate(sorted({p[2] for p in pts})):
+        xs, ys = thin([p[0] for p in pts if p[2] == a], [p[1] for p in pts if p[2] == a])
+        ax.plot(xs, ys, marker="." if len(xs) <= 60 and kw.get("ls") is None else None,
+                label=label if i == 0 else None, **kw)
+
+
+def time_unit(span_s: float) -> tuple[float, str]:
+    """Seconds, minutes or hours, whichever reads best for a span: (divisor, axis label)."""
+    if span_s > 3 * 3600:
+        return 3600.0, "hours since the run started"
+    if span_s > 600:
+        return 60.0, "minutes since the run started"
+    return 1.0, "seconds since the run started"
+
+
+def _mib(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
 def _save(fig: Any, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -55,46 +77,48 @@ def memory_plot(job: str, rows: list[SampleRow], peaks: list[monitor.PeakRow], t
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(10, 4.2))
+    div, xlabel = time_unit(max(r.time for r in rows) - t0)
     backends = sorted({r.backend for r in rows})
     multi_host = len({h for h, _ in series}) > 1
     best: tuple[float, float, SampleRow] | None = None
     for i, ((host, gpu), rs) in enumerate(sorted(series.items())):
         color = COLORS[i % len(COLORS)]
         name = f"{host} GPU {gpu}" if multi_host else f"GPU {gpu}"
-        pts = [(r.time - t0, r.job_mib, r) for r in rs if r.job_mib is not None]
+        pts = [((r.time - t0) / div, r.job_mib, r) for r in rs if r.job_mib is not None]
         if pts:
-            xs, ys = thin([p[0] for p in pts], [p[1] for p in pts])
-            ax.plot(xs, ys, color=color, lw=1.6, label=f"{name}: job processes")
+            _lines(ax, [(x, y, r.attempt) for x, y, r in pts], color=color, lw=1.6, label=f"{name}: job processes")
             px, py, pr = max(pts, key=lambda p: p[1])   # first of equal maxima: when the peak was reached
             if best is None or py > best[1]:
                 best = (px, py, pr)
             ax.plot([px], [py], marker="*", ms=14, color="crimson", zorder=5)
-            ax.annotate(f"peak {py:.0f} MiB" + (f"\nstep {pr.step}" if pr.step is not None else ""),
+            ax.annotate(f"peak {_mib(py)} MiB" + (f"\nstep {pr.step}" if pr.step is not None else ""),
                         (px, py), textcoords="offset points", xytext=(8, -4), fontsize=9, color="crimson", va="top")
-        dev = [(r.time - t0, r.device_used_mib) for r in rs if r.device_used_mib is not None]
+        dev = [((r.time - t0) / div, r.device_used_mib, r.attempt) for r in rs if r.device_used_mib is not None]
         if dev:
-            xs, ys = thin([p[0] for p in dev], [p[1] for p in dev])
-            ax.plot(xs, ys, color=color, lw=1.0, ls=":", label=f"{name}: device used (all processes)")
-        torch_res = [p.torch_max_reserved_mib for p in peaks if p.gpu_index == gpu and p.torch_max_reserved_mib]
-        if torch_res:
-            ax.axhline(max(torch_res), color=color, ls="--", lw=0.9, label=f"{name}: torch reserved peak")
-    attempts = sorted({r.attempt for r in rows})
-    for a in attempts[1:]:
-        start = min(r.time for r in rows if r.attempt == a) - t0
-        ax.axvline(start, color="grey", lw=0.8, ls="-.")
-        ax.text(start, ax.get_ylim()[1], f" attempt {a}", fontsize=8, color="grey", va="top")
+            _lines(ax, dev, color=color, lw=1.0, ls=":", label=f"{name}: device used (all processes)")
+        for i_a, p in enumerate(q for q in peaks if q.gpu_index == gpu and (q.host or q.node[:8]) == host
+                                and q.torch_max_reserved_mib):
+            span = [(r.time - t0) / div for r in rs if r.attempt == p.attempt]
+            if span:   # the attempt's own torch peak, over that attempt's time only
+                ax.hlines(p.torch_max_reserved_mib, min(span), max(span), colors=[color], linestyles="--", lw=0.9,
+                          label=f"{name}: torch reserved peak" if i_a == 0 else None)
     what = "resident memory (host backend, psutil)" if backends == ["host"] else "GPU memory (NVML)" \
         if backends == ["nvml"] else "memory (" + ", ".join(backends) + ")"
     title = f"{job}: {what}"
     if best is not None:
-        title += f" — peak {best[1]:.0f} MiB on GPU {best[2].gpu_index}" + \
+        title += f" — peak {_mib(best[1])} MiB on GPU {best[2].gpu_index}" + \
                  (f" at step {best[2].step}" if best[2].step is not None else "")
     ax.set_title(title, fontsize=11)
-    ax.set_xlabel("seconds since the run started")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("MiB")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)   # headroom: the peak's label stays inside the axes
+    attempts = sorted({r.attempt for r in rows})
+    for a in attempts[1:]:
+        start = (min(r.time for r in rows if r.attempt == a) - t0) / div
+        ax.axvline(start, color="grey", lw=0.8, ls="-.")
+        ax.text(start, ax.get_ylim()[1], f" attempt {a}", fontsize=8, color="grey", va="top")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 
@@ -112,6 +136,7 @@ def loss_plot(r: Report, path: Path) -> str | None:
                     marker="." if len(pts) < 40 else None, label=label)
     ax.set_title(f"training loss ({len(jobs)} job{'s' if len(jobs) > 1 else ''}, from metrics.jsonl)", fontsize=11)
     ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -130,22 +155,27 @@ def gantt_plot(r: Report, path: Path) -> str | None:
                                  (a["ended"] or now) - r.created, a["state"], a["n"]))
     if not bars:
         return None
+    div, xlabel = time_unit(max(b[3] for b in bars))
+    bars = [(row, job, start / div, end / div, state, n) for row, job, start, end, state, n in bars]
     rows = sorted({b[0] for b in bars})
     names = [j.name for j in r.jobs if any(b[1] == j.name for b in bars)]
     color = {n: COLORS[i % len(COLORS)] for i, n in enumerate(names)}
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.7 * len(rows)))
-    span = max(b[3] for b in bars) or 1.0
+    lo, hi = min(b[2] for b in bars), max(b[3] for b in bars)
+    span = (hi - lo) or 1.0
+    px_per_s = fig.get_figwidth() * DPI * 0.78 / span   # the axes take ~78 % of the width (legend right)
     for row, job, start, end, state, n in bars:
         y = rows.index(row)
         failed = state not in ("succeeded", "running")
-        ax.barh(y, max(end - start, span * 0.002), left=start, height=0.6, color=color[job], alpha=0.85,
+        ax.barh(y, max(end - start, span * 0.003), left=start, height=0.6, color=color[job], alpha=0.85,
                 edgecolor="red" if failed else "black", lw=1.5 if failed else 0.5, hatch="//" if failed else None)
-        if end - start > span * 0.06:
-            ax.text((start + end) / 2, y, job + (f" #{n}" if n > 1 else ""), ha="center", va="center", fontsize=8,
-                    color="white", fontweight="bold", clip_on=True)
+        label = job + (f" #{n}" if n > 1 else "")
+        if (end - start) * px_per_s > 6.5 * len(label) + 6:   # ~6.5 px per bold 8-pt character: the name fits
+            ax.text((start + end) / 2, y, label, ha="center", va="center", fontsize=8, color="white",
+                    fontweight="bold", clip_on=True)
     ax.set_yticks(range(len(rows)), rows)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds since the run started")
+    ax.set_xlabel(xlabel)
     ax.set_title(f"jobs on GPUs over time (run {r.run}, {r.state})", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=color[n]) for n in names]

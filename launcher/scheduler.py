@@ -24,9 +24,14 @@ def estimate_seconds(job: Job) -> float:
     return float(steps)
 
 
+ORDERS = ("critical-path", "fifo")
+
+
 def pick(ready: Iterable[str], priority: dict[str, float], order: dict[str, int],
-         fits: Callable[[str], bool]) -> str | None:
-    for name in sorted(ready, key=lambda n: (-priority[n], order[n])):
+         fits: Callable[[str], bool], policy: str = "critical-path") -> str | None:
+    """critical-path: longest remaining chain first; fifo: plan order (the baseline benchmarks compare)."""
+    key = (lambda n: (-priority[n], order[n])) if policy == "critical-path" else (lambda n: order[n])
+    for name in sorted(ready, key=key):
         if fits(name):
             return name
     return None

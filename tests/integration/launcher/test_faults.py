@@ -120,7 +120,8 @@ def test_crash_while_saving_falls_back_to_previous_checkpoint(runs: Path, tmp_pa
 
 
 def test_sigkill_node_agent_is_lost_node(runs: Path, tmp_path: Path) -> None:
-    run = start_detached(write_plan(tmp_path, plan_text()), runs)
+    # Each rank also starts a child in its own session: the agent's death does not reach it, the sweep must.
+    run = start_detached(write_plan(tmp_path, plan_text("spawn_child: true")), runs)
     st = wait_for(runs, run, _at_step(12), what="step 12")
     agent = psutil.Process(_rank_pid(st, 0)).ppid()
     assert "NodeAgent" in " ".join(psutil.Process(agent).cmdline()) or psutil.Process(agent).name().startswith("ray")

@@ -36,7 +36,7 @@ def test_full_run_writes_heartbeat_checkpoints_metrics_result(tmp_path, capsys):
     assert [p.name for p in checkpoints.all_checkpoints(jd.checkpoints)] == ["checkpoint-9", "checkpoint-10"]
     for p in checkpoints.all_checkpoints(jd.checkpoints):
         step = checkpoints.step_of(p)
-        assert checkpoints.marker(p) == {"step": step}
+        assert checkpoints.marker(p) == {"step": step, "files": checkpoints.manifest(p)}
         assert read_json(p / "state.json") == {"step": step}
     assert checkpoints.latest_complete(jd.checkpoints) == jd.checkpoints / "checkpoint-10"
     metrics = read_jsonl(jd.metrics)
