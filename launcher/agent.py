@@ -77,8 +77,12 @@ class NodeAgent:
             s.bind(("", 0))
             return s.getsockname()[1]
 
-    def start(self, job_file: str, master_addr: str, master_port: int, extra_env: dict[str, str]) -> list[dict[str, Any]]:
+    def start(self, job_file: str, master_addr: str | None, master_port: int | None,
+              extra_env: dict[str, str]) -> dict[str, Any]:
+        """Spawn this node's ranks. Without a master address (single-node job) this agent is rank 0's."""
         info = self.info()
+        master_addr = master_addr or info["ip"]
+        master_port = master_port or self.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_ADDRESS"}
         env.update(extra_env)
         # All local ranks see the job's GPUs on this node; LOCAL_RANK picks one (NCCL peer-to-peer).
@@ -99,7 +103,7 @@ class NodeAgent:
             started.append({"rank": rank, "pid": owned.pid, "create_time": owned.create_time, "pgid": owned.pid,
                             "node": info["node"]})
         monitor.attach(self)   # memory sampler thread: gpu_mem.csv / peak_mem.csv / Ray gauges
-        return started
+        return {"info": info, "ranks": started}
 
     def poll(self) -> dict[str, Any]:
         ranks, new = [], []

@@ -42,7 +42,10 @@ RPC_TIMEOUT_S = 60.0
 class Attempt:
     n: int
     pg: PlacementGroup
+    held: list[dict[str, Any]] = field(default_factory=list)   # GPUs in our books: reserved, then placed
     ready_ref: Any = None             # pg.ready() once: each call schedules a new task in the group
+    start_refs: list[Any] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
     agents: list[Any] = field(default_factory=list)
     watch: AttemptWatch | None = None
     resumed_from: str | None = None
@@ -55,7 +58,7 @@ class Attempt:
 @dataclass
 class JobRun:
     job: Job
-    state: str = "pending"            # pending | placing | running | waiting | succeeded | failed | skipped | killed
+    state: str = "pending"   # pending | placing | starting | running | waiting | succeeded | failed | skipped | killed
     attempts: int = 0
     restarts_without_progress: int = 0
     retry_at: float = 0.0
@@ -114,16 +117,17 @@ class Driver:
                 if self._handle_requests():
                     break
                 self._skip_blocked()
-                # Place as many ready jobs as fit now, each started before the next is asked for.
-                while (placed := self._place_ready()) is not None:
-                    self._maybe_start(placed, wait=2.0)
-                    if placed.state == "placing":
-                        break
-                for jr in self.jobs.values():
+                while self._place_ready() is not None:  # as many ready jobs as fit now
+                    pass
+                polls = {n: [ag.poll.remote() for ag in jr.current.agents]
+                         for n, jr in self.jobs.items() if jr.state == "running" and jr.current is not None}
+                for name, jr in self.jobs.items():
                     if jr.state == "placing":
                         self._maybe_start(jr)
-                    elif jr.state == "running":
-                        self._poll(jr)
+                    elif jr.state == "starting":
+                        self._check_started(jr)
+                    elif name in polls and jr.state == "running":
+                        self._poll(jr, polls[name])
                     elif jr.state == "waiting" and time.time() >= jr.retry_at:
                         jr.state = "pending"
                 time.sleep(POLL_S)
@@ -178,17 +182,15 @@ class Driver:
                 self._say(f"skipped: {reason}", name)
 
     def _place_ready(self) -> JobRun | None:
-        """The longest critical path that fits now; one placement group pending at a time.
+        """The longest critical path that fits now, with GPUs reserved in our books on chosen nodes.
 
         Ray is asked only when our own books say the job fits: a placement group that must wait
         is retried by Ray with a growing back-off (minutes), long after the GPUs came free.
         """
-        if any(jr.state == "placing" for jr in self.jobs.values()):
-            return None
         ready = [n for n, jr in self.jobs.items() if jr.state == "pending"
                  and all(self.jobs[u].state == "succeeded" for u in jr.job.needs)]
         name = scheduler.pick(ready, self.priority, self.order,
-                              lambda n: self.books.fits(self.jobs[n].job.config.resources), self.policy)
+                              lambda n: self.books.choose(self.jobs[n].job.config.resources) is not None, self.policy)
         if name is None:
             if ready and time.time() - self.last_wait_note > 30:
                 self.last_wait_note = time.time()
@@ -196,6 +198,8 @@ class Driver:
             return None
         jr = self.jobs[name]
         r = jr.job.config.resources
+        nodes = self.books.choose(r)
+        assert nodes is not None
         bundle: dict[str, float] = {"GPU": float(r.gpus_per_node)}
         if r.cpus_per_rank:
             bundle["CPU"] = r.cpus_per_rank * r.gpus_per_node
@@ -203,20 +207,23 @@ class Driver:
             bundle[f"accelerator_type:{r.gpu_type}"] = 0.001
         strategy = "STRICT_PACK" if r.nodes == 1 else "STRICT_SPREAD"
         pg = placement_group([dict(bundle) for _ in range(r.nodes)], strategy=strategy,
-                             name=f"{self.run_id}/{jr.job.name}/{jr.attempts + 1}")
+                             name=f"{self.run_id}/{jr.job.name}/{jr.attempts + 1}",
+                             _soft_target_node_id=nodes[0] if r.nodes == 1 else None)
         jr.attempts += 1
-        jr.current = Attempt(n=jr.attempts, pg=pg)
+        jr.current = Attempt(n=jr.attempts, pg=pg, held=[{"node": n, "gpus": [""] * r.gpus_per_node} for n in nodes])
+        self.books.hold(jr.current.held, +1)
         jr.state = "placing"
         self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
                   f"(attempt {jr.attempts})", jr.job.name)
         return jr
 
-    def _maybe_start(self, jr: JobRun, wait: float = 0.0) -> None:
+    def _maybe_start(self, jr: JobRun) -> None:
+        """Placement group ready: create the agents and ask them to spawn the ranks (not waited on)."""
         a = jr.current
         assert a is not None
         if a.ready_ref is None:
             a.ready_ref = a.pg.ready()
-        ready, _ = ray.wait([a.ready_ref], timeout=wait)
+        ready, _ = ray.wait([a.ready_ref], timeout=0)
         if not ready:
             return
         job, r = jr.job, jr.job.config.resources
@@ -226,10 +233,10 @@ class Driver:
             self._say(f"checkpoint {path.name} is unusable ({why}); falling back to an older one", job.name,
                       kind="checkpoint")
         a.resumed_from = str(resume) if resume else None
-        a.start_step = checkpoints.step_of(resume) or 0 if resume else 0
+        a.start_step = (checkpoints.step_of(resume) or 0) if resume else 0
         a.watch = AttemptWatch(job.config.hang, learned_step_timeout=jr.learned_step_timeout)
-        jf = rundir.job_file(self.plan, job, self.rd, a.n, a.resumed_from)
-        path = rundir.write_job_file(jf, self.rd)
+        path = rundir.write_job_file(rundir.job_file(self.plan, job, self.rd, a.n, a.resumed_from), self.rd)
+        env = self.env.get(job.name, {})
         try:
             for i in range(r.nodes):
                 strat = PlacementGroupSchedulingStrategy(placement_group=a.pg, placement_group_bundle_index=i)
@@ -238,30 +245,53 @@ class Driver:
                     num_cpus=r.cpus_per_rank * r.gpus_per_node, scheduling_strategy=strat, max_restarts=0,
                 ).remote(self.run_id, job.name, a.n, i, list(range(i * r.gpus_per_node, (i + 1) * r.gpus_per_node)),
                          r.world_size, str(self.rd.job(job.name).root)))
-            infos = ray.get([ag.info.remote() for ag in a.agents], timeout=RPC_TIMEOUT_S)
-            port = ray.get(a.agents[0].free_port.remote(), timeout=RPC_TIMEOUT_S)
-            started = ray.get([ag.start.remote(str(path), infos[0]["ip"], port, self.env.get(job.name, {}))
-                               for ag in a.agents], timeout=RPC_TIMEOUT_S)
+            if r.nodes == 1:  # the agent picks its own address and port: one round trip
+                a.start_refs = [a.agents[0].start.remote(str(path), None, None, env)]
+            else:             # rank 0's agent publishes MASTER_ADDR and a free port to the others
+                info0 = ray.get(a.agents[0].info.remote(), timeout=RPC_TIMEOUT_S)
+                port = ray.get(a.agents[0].free_port.remote(), timeout=RPC_TIMEOUT_S)
+                a.start_refs = [ag.start.remote(str(path), info0["ip"], port, env) for ag in a.agents]
         except (RayActorError, GetTimeoutError) as e:
             self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
             return
-        a.placement = [{"node": inf["node"], "host": inf["host"], "gpus": inf["gpus"]} for inf in infos]
-        self.books.hold(a.placement, +1)
+        jr.state = "starting"
+
+    def _check_started(self, jr: JobRun) -> None:
+        a = jr.current
+        assert a is not None
+        done, _ = ray.wait(a.start_refs, num_returns=len(a.start_refs), timeout=0)
+        if len(done) < len(a.start_refs):
+            if time.time() - a.created > RPC_TIMEOUT_S * 2:
+                self._attempt_failed(jr, Observation("lost", detail="agents did not start the ranks in time"))
+            return
+        try:
+            replies = ray.get(a.start_refs)
+        except RayActorError as e:
+            self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
+            return
+        job = jr.job
+        a.placement = [{"node": rep["info"]["node"], "host": rep["info"]["host"], "gpus": rep["info"]["gpus"]}
+                       for rep in replies]
+        self.books.hold(a.held, -1)  # the reservation becomes where Ray really put the job
+        a.held = a.placement
+        self.books.hold(a.held, +1)
         self.journal.start_attempt(job.name, a.n, a.placement, a.resumed_from, a.start_step, jr.changes or None)
         jr.changes = {}
         self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
-                                    for group in started for s in group])
+                                    for rep in replies for s in rep["ranks"]])
         jr.state = "running"
         where = "; ".join(f"{p['host']}:{p['node'][:8]} GPUs {','.join(p['gpus'])}" for p in a.placement)
-        self._say(f"attempt {a.n} started on {where}" + (f", resuming from {resume.name}" if resume else ""), job.name)
+        self._say(f"attempt {a.n} started on {where}" + (f", resuming from {Path(a.resumed_from).name}"
+                                                        if a.resumed_from else ""), job.name)
 
     # ------------------------------------------------------------------ supervision
 
-    def _poll(self, jr: JobRun) -> None:
+    def _poll(self, jr: JobRun, refs: list[Any]) -> None:
+        """refs: this job's agent polls, issued together with every other job's (one wait for all)."""
         a = jr.current
         assert a is not None and a.watch is not None
         try:
-            reports = ray.get([ag.poll.remote() for ag in a.agents], timeout=RPC_TIMEOUT_S)
+            reports = ray.get(refs, timeout=RPC_TIMEOUT_S)
         except (RayActorError, GetTimeoutError) as e:
             self._attempt_failed(jr, Observation("lost", detail=f"node agent lost: {type(e).__name__}"))
             return
@@ -325,7 +355,8 @@ class Driver:
         for ag in a.agents:
             ray.kill(ag, no_restart=True)
         remove_placement_group(a.pg)
-        self.books.hold(a.placement, -1)
+        self.books.hold(a.held, -1)
+        a.held = []
         monitor.write_run_peaks(self.rd, rebuild=False)
         return codes
 

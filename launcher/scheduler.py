@@ -44,10 +44,17 @@ class Books:
     shape: ClusterShape
     held: dict[str, int] = field(default_factory=dict)
 
-    def fits(self, r: Resources) -> bool:
-        free = [n for n in self.shape.nodes if n.gpus - self.held.get(n.node_id, 0) >= r.gpus_per_node
+    def choose(self, r: Resources) -> list[str] | None:
+        """Nodes for the job now (best fit: the fullest nodes that still fit), or None."""
+        free = [(n.gpus - self.held.get(n.node_id, 0), n.node_id) for n in self.shape.nodes
+                if n.gpus - self.held.get(n.node_id, 0) >= r.gpus_per_node
                 and (r.gpu_type is None or (n.gpu_type or "").lower() == r.gpu_type.lower())]
-        return len(free) >= r.nodes
+        if len(free) < r.nodes:
+            return None
+        return [node for _, node in sorted(free)[: r.nodes]]
+
+    def fits(self, r: Resources) -> bool:
+        return self.choose(r) is not None
 
     def hold(self, placement: list[dict], sign: int = 1) -> None:
         for p in placement:
