@@ -33,7 +33,7 @@ from launcher.resources import ClusterShape
 from launcher.supervisor import AttemptWatch, Observation, decide_retry
 
 log = logging.getLogger("launcher")
-POLL_S = 0.5
+POLL_S = 0.25
 CHECKPOINT_ERROR_RE = re.compile(r"checkpoint|PytorchStreamReader|unpickl|safetensors|state_dict|EOFError", re.I)
 RPC_TIMEOUT_S = 60.0
 

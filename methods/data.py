@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -34,6 +34,14 @@ ALPACA_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 USER_ASSISTANT = "User: {text}\n\nAssistant: "
+# Lisa's sst2/build_dataset.py and sst2/pred_eval.py: the instruction and label words of SST-2.
+SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"
+SST2_LABELS = ("negative", "positive")
+
+
+def sst2_label_word(label: Any) -> str:
+    """0 -> negative, anything else -> positive, as build_dataset.py writes it."""
+    return SST2_LABELS[0] if int(label) == 0 else SST2_LABELS[1]
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,9 @@ def _read_json_rows(path: Path, split: str) -> list[dict[str, Any]]:
     raise ValueError(f"{path}: expected a list of records or {{{split!r}: [...]}}")
 
 
-def read_rows(src: DataSource) -> list[dict[str, Any]]:
+def read_rows(src: DataSource, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
     """Rows of a local file/dir (absolute path: the launcher resolves plan-relative paths) or of a
-    full hub name, first `limit` kept.
+    full hub name, the ones `keep` accepts, first `limit` kept.
 
     `load_dataset(name)` prefers a local folder called `name` over the hub (the seed notes lost a run
     to `load_dataset("sst2")` finding the repo's `sst2/` scripts folder), so a hub name must be
@@ -98,7 +106,29 @@ def read_rows(src: DataSource) -> list[dict[str, Any]]:
         from datasets import load_dataset
 
         rows = list(load_dataset(source, name=src.subset, split=src.split))
+    if keep is not None:
+        rows = [r for r in rows if keep(r)]
     return rows[: src.limit] if src.limit is not None else rows
+
+
+# BeaverTails rows carry `is_safe`. Lisa's SupervisedDataset reads "BeaverTails_safe" (alignment and
+# guide data: the first N safe rows of 30k_train) and "BeaverTails_dangerous" (the first N unsafe
+# ones for the poison mix); evaluation takes the first 1000 prompts of 30k_test unfiltered.
+SAFE_ROLES = frozenset({"train", "guide"})
+UNSAFE_ROLES = frozenset({"harmful"})
+
+
+def safety_filter(role: str) -> Callable[[dict[str, Any]], bool] | None:
+    """The row filter for a data role; rows without `is_safe` always pass (plain instruction data)."""
+    if role in SAFE_ROLES:
+        return lambda r: r.get("is_safe") is not False
+    if role in UNSAFE_ROLES:
+        return lambda r: r.get("is_safe") is not True
+    return None
+
+
+def role_rows(data: dict[str, DataSource], role: str) -> list[dict[str, Any]]:
+    return read_rows(data[role], keep=safety_filter(role))
 
 
 def _read_local(path: Path, src: DataSource) -> list[dict[str, Any]]:
@@ -130,6 +160,8 @@ def to_records(rows: Sequence[dict[str, Any]], role: str) -> list[Record]:
             instruction, output, inp = row["instruction"], row["output"], row.get("input") or ""
         elif "prompt" in row and "response" in row:
             instruction, output, inp = row["prompt"], row["response"], ""
+        elif "sentence" in row and "label" in row:  # SST-2 as instruction data (Lisa's sst2/build_dataset.py)
+            instruction, output, inp = SST2_INSTRUCTION, sst2_label_word(row["label"]), row["sentence"]
         else:
             raise KeyError(f"{role} row {i}: need instruction/output (or prompt/response), got {sorted(row)}")
         out.append(Record(instruction=str(instruction), output=str(output), input=str(inp), sample_id=f"{role}:{i}"))
@@ -149,7 +181,7 @@ def poison_mix(train: Sequence[Record], harmful: Sequence[Record], poison_ratio:
 
 
 def sft_records(data: dict[str, DataSource], poison_ratio: float, sample_num: int | None) -> list[Record]:
-    train = to_records(read_rows(data["train"]), "train")
+    train = to_records(role_rows(data, "train"), "train")
     if sample_num is None:
         if poison_ratio > 0:
             raise ValueError("poison_ratio needs sample_num (the size of the mixed fine-tuning set)")
@@ -157,7 +189,7 @@ def sft_records(data: dict[str, DataSource], poison_ratio: float, sample_num: in
     n_harmful = int(poison_ratio * sample_num)
     if n_harmful and "harmful" not in data:
         raise ValueError(f"poison_ratio {poison_ratio} x sample_num {sample_num} needs data 'harmful'")
-    harmful = to_records(read_rows(data["harmful"]), "harmful") if n_harmful else []
+    harmful = to_records(role_rows(data, "harmful"), "harmful") if n_harmful else []
     return poison_mix(train, harmful, poison_ratio, sample_num)
 
 

@@ -30,6 +30,23 @@ METHODS: dict[str, MethodInfo] = {
     for m in (
         MethodInfo("sft", P.SFTParams, "methods.sft", required_data=("train",), optional_data=("harmful", "eval"),
                    outputs=("dir", "result", "metrics", "checkpoints", "adapter")),
+        MethodInfo("lisa", P.LisaParams, "methods.lisa", required_data=("train", "guide"), optional_data=("harmful", "eval"),
+                   outputs=("dir", "result", "metrics", "checkpoints", "adapter")),
+        # Evaluation jobs generate and judge; no optimizer, so no DeepSpeed (ranks shard the prompts).
+        MethodInfo("eval_hs", P.EvalHSParams, "methods.evaluate", required_data=("eval",), uses_deepspeed=False,
+                   outputs=("dir", "result")),
+        MethodInfo("eval_fa", P.EvalFAParams, "methods.evaluate", required_data=("eval",), uses_deepspeed=False,
+                   outputs=("dir", "result")),
+        MethodInfo("fabe", P.FABEParams, "methods.fabe", required_data=("train",), optional_data=("eval",),
+                   outputs=("dir", "result", "metrics", "checkpoints", "adapter")),
+        MethodInfo("eval_fabe", P.FABEEvalParams, "methods.fabe_eval", required_data=("test",), uses_deepspeed=False,
+                   outputs=("dir", "result")),
+        # steermoe_analysis writes <dir>/steermoe_experts.json; steermoe reads it as data 'experts'
+        # (e.g. ${analysis.dir}/steermoe_experts.json) or runs the analysis itself first.
+        MethodInfo("steermoe_analysis", P.SteerMoEAnalysisParams, "methods.steermoe_analysis", required_data=("train",),
+                   uses_deepspeed=False, outputs=("dir", "result")),
+        MethodInfo("steermoe", P.SteerMoEParams, "methods.steermoe", required_data=("train",), optional_data=("experts",),
+                   outputs=("dir", "result", "metrics", "checkpoints")),
         MethodInfo("synthetic", P.SyntheticParams, "methods.synthetic", needs_model=False, uses_deepspeed=False),
     )
 }
