@@ -21,8 +21,9 @@ from typing import Any
 
 import ray
 
-from launcher import heartbeat, monitor, procs
+from launcher import heartbeat, monitor, procs, release
 from launcher.layout import JobDir
+from launcher.memprobe import open_probe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # py-spy ships as a binary next to the interpreter of the venv it was installed in.
@@ -65,6 +66,7 @@ class NodeAgent:
         self.jd = JobDir(Path(job_dir))
         self.children: dict[int, tuple[Any, procs.Owned]] = {}
         self.known: dict[int, procs.Owned] = {}
+        self.probe = None
 
     def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -90,6 +92,9 @@ class NodeAgent:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")   # CUDA indices = NVML indices (what the monitor queries)
+        # What the GPUs hold before our ranks exist: stop() waits until they are back near it.
+        self.probe = open_probe(os.environ.get("SL_MONITOR_BACKEND", "auto"), info["gpus"])
+        self.gpus, self.baseline = info["gpus"], release.baseline(self.probe, info["gpus"])
         started = []
         for local_rank, rank in enumerate(self.ranks):
             renv = dict(env, RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(self.world_size),
@@ -145,7 +150,14 @@ class NodeAgent:
         alive = procs.terminate_tree(leaders, list(self.known.values()), self.run_id, grace)
         monitor.detach(self)   # last sample (the release), then peak_mem.csv
         codes = {rank: proc.poll() for rank, (proc, _) in self.children.items()}
-        return {"exit_codes": codes, "still_alive": [o.pid for o in alive]}
+        freed = None
+        if getattr(self, "probe", None) is not None:
+            freed = release.wait_released(self.probe, self.gpus, [(o.pid, o.create_time) for o in self.known.values()],
+                                          self.baseline, timeout=float(os.environ.get("SL_RELEASE_TIMEOUT", "60")))
+            self.probe.close()
+            self.probe = None
+        return {"exit_codes": codes, "still_alive": [o.pid for o in alive],
+                "release": asdict(freed) if freed else None, "gpus": getattr(self, "gpus", [])}
 
 
 RemoteAgent = ray.remote(NodeAgent)

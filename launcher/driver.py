@@ -74,6 +74,7 @@ class Driver:
                  policy: str = "critical-path"):
         self.plan, self.rd, self.journal, self.env, self.shape, self.policy = plan, rd, journal, env, shape, policy
         self.books = scheduler.Books(shape)
+        self.quarantined: list[dict[str, Any]] = []   # placements whose GPU memory never came back
         self.order = {n: i for i, n in enumerate(plan.jobs)}
         self.last_wait_note = 0.0
         self.run_id = rd.root.name
@@ -344,10 +345,17 @@ class Driver:
         refs = [ag.stop.remote(grace) for ag in a.agents]
         for i, ref in enumerate(refs):
             try:
-                res = ray.get(ref, timeout=grace + 60)
+                res = ray.get(ref, timeout=grace + 120)
                 codes.update({int(k): v for k, v in res["exit_codes"].items()})
                 if res["still_alive"]:
                     log.warning("%s: processes still alive after kill: %s", job, res["still_alive"])
+                rel = res.get("release")
+                if rel and not rel["released"] and i < len(a.held):
+                    # Leaked memory: keep these GPUs out of scheduling rather than stack a job on them.
+                    self.quarantined.append(a.held[i])
+                    self._say(f"GPUs {res['gpus']} on node {a.held[i]['node'][:8]} not released after "
+                              f"{rel['waited_s']:.0f}s (held MiB {rel['still_held']}, pids {rel['job_pids_on_gpu']}); "
+                              "kept out of scheduling", job, kind="release")
             except (RayActorError, GetTimeoutError) as e:
                 log.warning("%s: agent %d did not stop its ranks (%s); sweeping its node", job, i, type(e).__name__)
                 if i < len(a.placement):
@@ -355,7 +363,7 @@ class Driver:
         for ag in a.agents:
             ray.kill(ag, no_restart=True)
         remove_placement_group(a.pg)
-        self.books.hold(a.held, -1)
+        self.books.hold([h for h in a.held if h not in self.quarantined], -1)
         a.held = []
         monitor.write_run_peaks(self.rd, rebuild=False)
         return codes
