@@ -396,6 +396,8 @@ class Driver:
         a = jr.current
         assert a is not None
         name = jr.job.name
+        self.journal.event("detected", f"{obs.verdict} detected: {obs.detail}", job=name, verdict=obs.verdict,
+                           attempt=a.n, step=obs.step)
         grace = 10.0
         if obs.verdict == "hang":
             # Stacks first, so the cause can be found; then no long grace: a hung rank ignores TERM.
