@@ -27,9 +27,10 @@ from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.lifecycle import DriverInfo, sweep
 from launcher.plan import Plan, PlanError, load_plan
+from launcher.runarg import add_run_arguments, default_runs_dir, open_run
 from launcher.scheduler import ORDERS
 
-DEFAULT_RUNS = Path(os.environ.get("SL_RUNS_DIR", "runs"))
+DEFAULT_RUNS = default_runs_dir()
 
 
 def _launch_parser() -> argparse.ArgumentParser:
@@ -182,14 +183,11 @@ def resume_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="bin/resume", description="Continue a run whose driver died or was killed: "
                                 "finished jobs are kept, the others continue from their newest complete checkpoint.")
-    p.add_argument("run", nargs="?", help="run id or directory (default: the latest run)")
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    add_run_arguments(p)
     p.add_argument("--detach", action="store_true", help="run the driver in its own session and return")
     args = p.parse_args(argv)
-    try:
-        rd = rundir.find_run(args.runs_dir, args.run)
-    except FileNotFoundError as e:
-        print(str(e), file=sys.stderr)
+    rd = open_run(args)
+    if rd is None:
         return 2
     journal = Journal(rd.db)
     driver = DriverInfo.of(journal)
@@ -233,16 +231,13 @@ def _detach_resume(argv: list[str], rd: RunDir) -> int:
 
 def kill_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/kill", description="Stop a run or one of its jobs, leaving no process behind.")
-    p.add_argument("run", help="run id or directory")
+    add_run_arguments(p, required=True)
     p.add_argument("job", nargs="?", help="only this job (its dependants are then skipped)")
     p.add_argument("--force", action="store_true", help="SIGKILL at once instead of TERM, grace, KILL")
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the driver to confirm")
     args = p.parse_args(argv)
-    try:
-        rd = rundir.find_run(args.runs_dir, args.run)
-    except FileNotFoundError as e:
-        print(str(e), file=sys.stderr)
+    rd = open_run(args)
+    if rd is None:
         return 2
     journal = Journal(rd.db)
     try:
@@ -283,17 +278,14 @@ def _await_kill(rd: RunDir, job: str | None, timeout: float) -> int:
 
 def logs_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/logs", description="Print (or follow) a job's rank log.")
-    p.add_argument("run", help="run id or directory")
+    add_run_arguments(p, required=True)
     p.add_argument("job")
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--attempt", type=int, help="default: the latest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     args = p.parse_args(argv)
-    try:
-        rd = rundir.find_run(args.runs_dir, args.run)
-    except FileNotFoundError as e:
-        print(str(e), file=sys.stderr)
+    rd = open_run(args)
+    if rd is None:
         return 2
     jd = rd.job(args.job)
     attempts = sorted(int(d.name.split("-")[1]) for d in jd.logs.glob("attempt-*")) if jd.logs.is_dir() else []
@@ -321,15 +313,12 @@ def _job_over(rd: RunDir, job: str) -> bool:
 
 def status_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/status", description="Show a run's jobs from its journal.")
-    p.add_argument("run", nargs="?", help="run id or directory (default: the latest run)")
+    add_run_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (a stable contract)")
     p.add_argument("--watch", action="store_true", help="a live table until the run ends")
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     args = p.parse_args(argv)
-    try:
-        rd = rundir.find_run(args.runs_dir, args.run)
-    except FileNotFoundError as e:
-        print(str(e), file=sys.stderr)
+    rd = open_run(args)
+    if rd is None:
         return 2
     if args.watch and not args.json:
         try:

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import monitor, rundir, status
+from launcher import monitor, status
 from launcher.atomic import read_json, read_jsonl, write_text
 from launcher.layout import JobDir, RunDir
 from launcher.monitor import PeakRow
+from launcher.runarg import add_run_arguments, open_run
 
 
 @dataclass(frozen=True)
@@ -277,16 +278,13 @@ def build(rd: RunDir, plots: bool = True) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/report", description="Write a run's report.md, plots and peak_memory.csv.")
-    p.add_argument("run", nargs="?", help="run id or directory (default: the latest run)")
+    add_run_arguments(p)
     p.add_argument("--format", choices=("md", "json"), default="md",
                    help="what to print: the report path (md) or the report's data (json)")
-    p.add_argument("--runs-dir", type=Path, default=rundir_default())
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster on huge runs)")
     args = p.parse_args(argv)
-    try:
-        rd = rundir.find_run(args.runs_dir, args.run)
-    except FileNotFoundError as e:
-        print(str(e), file=sys.stderr)
+    rd = open_run(args)
+    if rd is None:
         return 2
     r = build(rd, plots=not args.no_plots)
     if args.format == "json":
@@ -294,11 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{rd.report_md}\n  {len(r.results)} result(s), {len(r.plots)} plot(s), peaks in {rd.peak_memory_csv}")
     return 0
-
-
-def rundir_default() -> Path:
-    from launcher.cli import DEFAULT_RUNS   # the same default as bin/launch and bin/status
-    return DEFAULT_RUNS
 
 
 if __name__ == "__main__":

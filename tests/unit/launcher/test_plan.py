@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.plan import JobConfig, Problem, apply_set, deep_merge, load_plan
+from launcher.plan import HUB_RE, JobConfig, Problem, apply_set, deep_merge, load_plan
 from launcher.resources import ClusterShape
 from launcher.spec import TrainingSpec
 from methods.params import LisaParams, SFTParams, SyntheticParams
@@ -57,8 +57,8 @@ def test_every_shipped_plan_validates(path):
     assert plan.jobs
     assert plan.file == path.resolve()
     for job in plan.jobs.values():
-        for role, d in job.data.items():  # local data resolved to absolute, existing paths
-            if "${" not in d.source:
+        for role, d in job.data.items():  # local data resolved to absolute, existing paths; or a full hub name
+            if "${" not in d.source and not HUB_RE.match(d.source):
                 assert Path(d.source).is_absolute() and Path(d.source).exists(), (job.name, role, d.source)
 
 
