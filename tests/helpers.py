@@ -97,35 +97,48 @@ class RankRun:
         return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-n:]) for p in self.logs)
 
 
-def run_ranks(job_file: Path, world_size: int, timeout: float = 300.0, extra_env: dict[str, str] | None = None) -> RankRun:
-    """Start `python -m methods JOB.json` once per rank, as a node agent would, and wait for all.
-
-    Each rank gets its own session (process group) so a timeout kills exactly what the test started.
-    """
+def start_ranks(job_file: Path, world: int, extra_env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """`python -m methods JOB.json` once per rank, each in its own session, as a node agent starts them."""
     job = JobFile.model_validate_json(job_file.read_text())
-    log_dir = JobDir(Path(job.job_dir)).attempt_logs(job.attempt)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    procs, logs = [], []
-    start = time.monotonic()
-    for rank in range(world_size):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO),
-               "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               **(extra_env or {})}
-        log = log_dir / f"rank-{rank}.log"
-        logs.append(log)
-        with open(log, "wb") as out:
+    logs = JobDir(Path(job.job_dir)).attempt_logs(job.attempt)
+    logs.mkdir(parents=True, exist_ok=True)
+    port, procs = free_port(), []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "",
+               "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
+        with open(logs / f"rank-{rank}.log", "wb") as out:
             procs.append(subprocess.Popen([sys.executable, "-m", "methods", str(job_file)], cwd=REPO, env=env,
                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-    codes: list[int] = []
-    deadline = start + timeout
-    try:
-        for p in procs:
-            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-        codes = [p.wait() for p in procs]
-    return RankRun(codes=codes, logs=logs, wall_s=time.monotonic() - start)
+    return procs
+
+
+def kill_all(procs: list[subprocess.Popen]) -> list[int]:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    return [p.wait() for p in procs]
+
+
+def run_ranks(job_file: Path, world_size: int, timeout: float = 300.0, extra_env: dict[str, str] | None = None) -> RankRun:
+    """Run all ranks to the end. A failing rank ends the attempt at once (its peers would wait in a
+    collective until the timeout), and a rendezvous port taken between free_port() and bind (other
+    runs share the machine) is retried on a fresh port."""
+    run = None
+    for _ in range(3):
+        start = time.monotonic()
+        procs = start_ranks(job_file, world_size, extra_env)
+        try:
+            while any(p.poll() is None for p in procs) and not any(p.poll() not in (None, 0) for p in procs):
+                if time.monotonic() - start > timeout:
+                    break
+                time.sleep(0.2)
+        finally:
+            codes = kill_all(procs)
+        job = JobFile.model_validate_json(job_file.read_text())
+        logs = [JobDir(Path(job.job_dir)).rank_log(job.attempt, r) for r in range(world_size)]
+        run = RankRun(codes=codes, logs=logs, wall_s=time.monotonic() - start)
+        if codes == [0] * world_size or "EADDRINUSE" not in run.tail(200):
+            return run
+    assert run is not None
+    return run

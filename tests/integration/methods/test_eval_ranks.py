@@ -11,8 +11,7 @@ import pytest
 from launcher.spec import DataSource, LoraSpec, ModelSpec, Resources
 from methods import sft
 from methods.judges import KeywordJudge
-from tests.helpers import DATA, make_job, save_random_adapter, tiny_training, write_job_file
-from tests.integration.methods.ranks import run_ok
+from tests.helpers import DATA, make_job, run_ranks, save_random_adapter, tiny_training, write_job_file
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +36,7 @@ def test_two_ranks_give_the_one_rank_results_for_a_stacked_chain(tmp_path, monke
     for world in (1, 2):
         for method, data, tokens in (("eval_hs", "hs_prompts.jsonl", 12), ("eval_fa", "sst2_eval.jsonl", 3)):
             jd = tmp_path / f"{method}-{world}"
-            run = run_ok(eval_job(jd, method, model, data, world, template="alpaca", num_samples=7, batch_size=1,
+            run = run_ranks(eval_job(jd, method, model, data, world, template="alpaca", num_samples=7, batch_size=1,
                                   max_new_tokens=tokens), world, timeout=240)
             assert run.codes == [0] * world, run.tail()
             result = json.loads((jd / "result.json").read_text())
@@ -55,7 +54,7 @@ def test_smollm2_hs_and_fa(tmp_path):
     """The real instruct model: answers are real text and the numbers follow from them."""
     model = ModelSpec(gguf="smollm2")
     hs_dir, fa_dir = tmp_path / "hs", tmp_path / "fa"
-    run = run_ok(eval_job(hs_dir, "eval_hs", model, "hs_prompts.jsonl", 2, num_samples=4, batch_size=2,
+    run = run_ranks(eval_job(hs_dir, "eval_hs", model, "hs_prompts.jsonl", 2, num_samples=4, batch_size=2,
                           max_new_tokens=16), 2, timeout=240)
     print(f"SmolLM2 eval_hs (2 ranks, 4 prompts): {run.wall_s:.1f} s")
     assert run.codes == [0, 0], run.tail()
@@ -67,7 +66,7 @@ def test_smollm2_hs_and_fa(tmp_path):
     assert result["metrics"] == {"hs": 25.0 * flagged, "n": 4.0} and result["judge"] == "refusal_keywords"
     assert json.loads((hs_dir / "smollm2_sentiment_eval.json").read_text())[-1] == f"final  score:{25.0 * flagged:.2f}"
 
-    run = run_ok(eval_job(fa_dir, "eval_fa", model, "sst2_eval.jsonl", 1, num_samples=4, batch_size=4, max_new_tokens=3),
+    run = run_ranks(eval_job(fa_dir, "eval_fa", model, "sst2_eval.jsonl", 1, num_samples=4, batch_size=4, max_new_tokens=3),
                  1, timeout=240)
     print(f"SmolLM2 eval_fa (1 rank, 4 sentences): {run.wall_s:.1f} s")
     assert run.codes == [0], run.tail()

@@ -17,8 +17,7 @@ from launcher.atomic import read_jsonl
 from launcher.layout import JobDir
 from launcher.spec import CheckpointSpec, DataSource, LoraSpec, Resources
 from methods.lisa_state import STATE_FILE, LisaSchedule, tensor_digest
-from tests.helpers import DATA, RankRun, deepspeed_config, tiny_training, write_job_file
-from tests.integration.methods.ranks import kill_all, run_ok, start_ranks
+from tests.helpers import DATA, RankRun, deepspeed_config, kill_all, run_ranks, start_ranks, tiny_training, write_job_file
 
 pytestmark = pytest.mark.integration
 WORLD = 2
@@ -65,7 +64,7 @@ def expected_alignment_steps() -> list[int]:
 def zero2(tmp_path_factory) -> JobDir:
     """The uninterrupted ZeRO-2 run: checked on its own, and the reference for ZeRO-3 and the resume."""
     root = tmp_path_factory.mktemp("lisa-zero2")
-    run = run_ok(write_job_file(root, **common("zero2")), WORLD)
+    run = run_ranks(write_job_file(root, **common("zero2")), WORLD)
     print(f"Lisa ZeRO-2 (2 ranks, {STEPS} steps): {run.wall_s:.1f} s")
     ok(run)
     return JobDir(root)
@@ -103,7 +102,7 @@ def test_zero2_two_ranks(zero2):
 def test_zero3_matches_zero2(zero2, tmp_path):
     """ZeRO-3 keeps a partition of each LoRA tensor per rank: the copies, the drift and the proximal
     term (and its gradient) work on gathered tensors, so the run must follow the ZeRO-2 one."""
-    run = run_ok(write_job_file(tmp_path, **common("zero3")), WORLD)
+    run = run_ranks(write_job_file(tmp_path, **common("zero3")), WORLD)
     print(f"Lisa ZeRO-3 (2 ranks, {STEPS} steps): {run.wall_s:.1f} s")
     ok(run)
     jd = JobDir(tmp_path)
@@ -153,7 +152,7 @@ def test_kill_a_rank_then_resume_with_the_same_lisa_state(zero2, tmp_path):
     assert step is not None and 4 <= step < STEPS
     saved = torch.load(newest / STATE_FILE, weights_only=True)
 
-    run = run_ok(write_job_file(tmp_path, attempt=2, resume_from=str(newest), **common("zero2")), WORLD)
+    run = run_ranks(write_job_file(tmp_path, attempt=2, resume_from=str(newest), **common("zero2")), WORLD)
     print(f"Lisa resume from checkpoint-{step} (2 ranks): {run.wall_s:.1f} s")
     ok(run)
     # Every rank restored exactly what was saved: mode, counters, guide position, both copies bitwise.
