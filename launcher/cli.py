@@ -19,7 +19,7 @@ import subprocess
 import psutil
 from rich.console import Console
 
-from launcher import rundir, status
+from launcher import procs, rundir, status
 from launcher.cluster import ClusterOptions, planned_local_shape, shape_from_ray, start
 from launcher.control import request_kill
 from launcher.dsconfig import zero_stage
@@ -172,7 +172,7 @@ def launch_main(argv: list[str] | None = None) -> int:
     _setup_logging(rd.driver_log)
     journal = Journal(rd.db)
     me = psutil.Process()
-    journal.create_run(rd.root.name, str(plan.file), {"argv": argv}, me.pid, me.create_time(), socket.gethostname())
+    journal.create_run(rd.root.name, str(plan.file), {"argv": argv}, me.pid, procs.start_time(me), socket.gethostname())
     for i, (name, job) in enumerate(plan.jobs.items()):
         journal.add_job(name, job.base, job.config.method, list(job.needs), job.config.resources.world_size, i)
     print(f"run {rd.root.name}\n  dir {rd.root}\n  cluster {shape.describe()}", flush=True)
@@ -213,7 +213,7 @@ def resume_main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(rd.driver_log)
     me = psutil.Process()
-    journal.set_run(driver_pid=me.pid, driver_create_time=me.create_time(), driver_host=socket.gethostname(),
+    journal.set_run(driver_pid=me.pid, driver_create_time=procs.start_time(me), driver_host=socket.gethostname(),
                     state="running", ended=None)
     journal.event("resume", f"resumed by bin/resume; swept {len(swept)} leftover process(es)", pids=swept)
     print(f"resuming run {rd.root.name}\n  dir {rd.root}" + (f"\n  swept leftover pids {swept}" if swept else ""), flush=True)

@@ -193,6 +193,9 @@ class Driver:
         name = scheduler.pick(ready, self.priority, self.order,
                               lambda n: self.books.choose(self.jobs[n].job.config.resources) is not None, self.policy)
         if name is None:
+            for n in ready if self.quarantined else []:
+                if not self.books.could_ever_fit(self.jobs[n].job.config.resources, self.quarantined):
+                    self._fail_unplaceable(self.jobs[n])
             if ready and time.time() - self.last_wait_note > 30:
                 self.last_wait_note = time.time()
                 log.info("waiting for GPUs: %s ready, %d GPU(s) free", ", ".join(ready), self.books.free_gpus())
@@ -217,6 +220,15 @@ class Driver:
         self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
                   f"(attempt {jr.attempts})", jr.job.name)
         return jr
+
+    def _fail_unplaceable(self, jr: JobRun) -> None:
+        """Rather than wait forever: the GPUs this job needs are held by memory an earlier job leaked."""
+        reason = (f"can no longer be placed: GPUs {[q['gpus'] for q in self.quarantined]} kept out of scheduling "
+                  "because their memory was not released (see bin/logs and the 'release' events; free them and "
+                  "bin/resume the run)")
+        jr.state = "failed"
+        self.journal.set_job(jr.job.name, state="failed", reason=reason)
+        self._say(f"failed: {reason}", jr.job.name, kind="failure")
 
     def _maybe_start(self, jr: JobRun) -> None:
         """Placement group ready: create the agents and ask them to spawn the ranks (not waited on)."""

@@ -24,6 +24,8 @@ from typing import Any, Callable, Protocol
 
 import psutil
 
+from launcher.procs import start_time
+
 log = logging.getLogger("launcher.monitor")
 MIB = 2**20
 HOST_KEY = "host"          # host-probe key for a process no GPU could be attributed to
@@ -167,7 +169,7 @@ class HostProbe:
             return t
         try:
             p = psutil.Process(pid)
-            ct = p.create_time()
+            ct = start_time(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return None
         if want is not None and abs(ct - want) > CREATE_TIME_TOLERANCE:
@@ -182,6 +184,8 @@ class HostProbe:
             if t is None:
                 continue
             try:
+                if t.proc.status() == psutil.STATUS_ZOMBIE:
+                    continue   # exited, holds no memory; only its parent (maybe init) has yet to reap it
                 rss = t.proc.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue

@@ -31,9 +31,29 @@ def _pdeathsig(expected_parent: int) -> None:
         os._exit(1)
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def start_time(p: psutil.Process) -> float:
+    """A process's start as seconds since boot, the identity we record and compare.
+
+    psutil's create_time() adds the boot time read from /proc/stat, which moves whenever the wall
+    clock is stepped (NTP, a VM restored from a snapshot): a live rank then looked like a
+    recycled PID and was never killed. The kernel's start tick count never changes.
+    """
+    try:
+        with open(f"/proc/{p.pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19]) / _CLK_TCK   # field 22 of stat, counted from the state field
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(p.pid) from None
+    except (OSError, IndexError, ValueError):   # no procfs (macOS): the epoch time is all there is
+        return p.create_time()
+
+
 @dataclass(frozen=True)
 class Owned:
-    """A process we started (or found under one), identified by PID *and* create time."""
+    """A process we started (or found under one), identified by PID *and* start time (see start_time)."""
 
     pid: int
     create_time: float
@@ -42,7 +62,7 @@ class Owned:
         """The live process, or None if it exited or the PID now belongs to someone else."""
         try:
             p = psutil.Process(self.pid)
-            if abs(p.create_time() - self.create_time) > 0.01:
+            if abs(start_time(p) - self.create_time) > 0.01:
                 return None  # recycled PID
             if run_id is not None and p.environ().get(RUN_MARKER) != run_id:
                 return None
@@ -63,7 +83,7 @@ def spawn(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> tu
     finally:
         log.close()
     try:
-        ct = psutil.Process(proc.pid).create_time()
+        ct = start_time(psutil.Process(proc.pid))
     except psutil.NoSuchProcess:
         ct = 0.0
     return proc, Owned(proc.pid, ct)
@@ -76,7 +96,7 @@ def descendants(root: Owned, run_id: str) -> list[Owned]:
     out = []
     for c in p.children(recursive=True):
         try:
-            out.append(Owned(c.pid, c.create_time()))
+            out.append(Owned(c.pid, start_time(c)))
         except psutil.NoSuchProcess:
             continue
     return out

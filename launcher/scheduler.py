@@ -60,5 +60,11 @@ class Books:
         for p in placement:
             self.held[p["node"]] = self.held.get(p["node"], 0) + sign * len(p["gpus"])
 
+    def could_ever_fit(self, r: Resources, lost: list[dict]) -> bool:
+        """Whether `r` fits once every job ends, with the GPUs in `lost` (leaked memory) gone for good."""
+        spare = Books(self.shape)
+        spare.hold(lost)
+        return spare.fits(r)
+
     def free_gpus(self) -> int:
         return sum(n.gpus for n in self.shape.nodes) - sum(self.held.values())

@@ -6,6 +6,7 @@ Sources: `tiny` (random init from a small config, byte-level tokenizer, no downl
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -120,13 +121,23 @@ def gguf_cache_dir(gguf: Path) -> Path:
 def converted_gguf(gguf: Path) -> Path:
     """HF directory holding the de-quantised GGUF model and tokenizer, converting on first use.
 
-    De-quantising takes ~40 s per load, so the result is saved once. Several ranks may race: each
-    writes into its own temp dir and renames it into place; the loser of the rename drops its copy.
+    De-quantising takes ~40 s per load, so the result is saved once. Ranks of one node take turns
+    on a lock file (the first converts, the rest find its copy); the copy is written into a temp
+    dir and renamed into place, so a crash never leaves a half-written model behind.
     """
     final = gguf_cache_dir(gguf)
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes, also if this process dies
+        if (final / "config.json").is_file():
+            return final
+        _convert(gguf, final)
+    return final
+
+
+def _convert(gguf: Path, final: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         log.info("converting %s into %s (first use only)", gguf, final)
@@ -146,7 +157,6 @@ def converted_gguf(gguf: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:

@@ -13,6 +13,7 @@ import pytest
 
 from launcher import monitor
 from launcher.layout import JobDir
+from launcher.procs import start_time
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def test_host_backend_captures_a_known_peak_within_5_percent(tmp_path: Path) -> 
         time.sleep(0.2)
         baseline = p.memory_info().rss / 2**20
         jd = JobDir(tmp_path / "job")
-        s = monitor.Sampler(jd.root, "node", ["0"], lambda: [(child.pid, p.create_time())], backend="host",
+        s = monitor.Sampler(jd.root, "node", ["0"], lambda: [(child.pid, start_time(p))], backend="host",
                             metrics=False).start()   # the default interval: 0.5 s
         time.sleep(0.6)
         child.stdin.write("go\n")

@@ -55,7 +55,7 @@ def test_smollm2_hs_and_fa(tmp_path):
     model = ModelSpec(gguf="smollm2")
     hs_dir, fa_dir = tmp_path / "hs", tmp_path / "fa"
     run = run_ranks(eval_job(hs_dir, "eval_hs", model, "hs_prompts.jsonl", 2, num_samples=4, batch_size=2,
-                          max_new_tokens=16), 2, timeout=240)
+                          max_new_tokens=16), 2, timeout=600)   # first use converts the GGUF
     print(f"SmolLM2 eval_hs (2 ranks, 4 prompts): {run.wall_s:.1f} s")
     assert run.codes == [0, 0], run.tail()
     result = json.loads((hs_dir / "result.json").read_text())

@@ -28,7 +28,7 @@ def _convert(cache: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def gguf_cache(tmp_path_factory) -> Path:
-    """Two processes convert at once into an empty cache (ranks racing on first use)."""
+    """Two processes ask at once on an empty cache (ranks on first use): one converts, both get it."""
     cache = tmp_path_factory.mktemp("model-cache")
     start = time.monotonic()
     procs = [_convert(cache), _convert(cache)]

@@ -16,6 +16,7 @@ import pytest
 from launcher import heartbeat, monitor
 from launcher.layout import JobDir, RunDir
 from launcher.memprobe import HostProbe, open_probe
+from launcher.procs import start_time
 
 MIB = 2**20
 
@@ -182,7 +183,7 @@ def test_host_probe_attributes_ranks_to_their_gpus_and_skips_vanished_and_recycl
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     probe = HostProbe()
-    refs = [(r0.pid, r0.create_time()), r1.pid, (other.pid, other.create_time() - 100), gone.pid]
+    refs = [(r0.pid, start_time(r0)), r1.pid, (other.pid, start_time(other) - 100), gone.pid]
     by_gpu = {s.gpu_index: s for s in probe.sample(["3", "5"], refs)}
     assert set(by_gpu) == {"3", "5"}   # `other` carried a wrong create time: a recycled PID, skipped
     assert set(by_gpu["3"].procs) == {r0.pid} and set(by_gpu["5"].procs) == {r1.pid}
@@ -190,7 +191,7 @@ def test_host_probe_attributes_ranks_to_their_gpus_and_skips_vanished_and_recycl
     assert by_gpu["3"].job_mib == pytest.approx(rss0, rel=0.2)
     assert by_gpu["3"].device_used_mib is None and by_gpu["3"].util_pct is None
     # A process with no rank environment on a multi-GPU node is reported apart, not guessed.
-    by_gpu = {s.gpu_index: s for s in probe.sample(["3", "5"], [(other.pid, other.create_time())])}
+    by_gpu = {s.gpu_index: s for s in probe.sample(["3", "5"], [(other.pid, start_time(other))])}
     assert set(by_gpu["host"].procs) == {other.pid} and by_gpu["3"].job_mib == 0.0
     assert set(probe._tracked) == {other.pid}   # bounded: only the live tree is remembered
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from launcher import procs
-from launcher.procs import Owned
+from launcher.procs import Owned, start_time
 
 REPO = Path(__file__).resolve().parents[3]
 SLEEP = "import time; time.sleep(30)"
@@ -55,7 +55,7 @@ def wait_for(path: Path, timeout: float = 10.0) -> str:
 
 def owned_from(pid_line: str) -> Owned:
     pid = int(pid_line.split()[0])
-    return Owned(pid, psutil.Process(pid).create_time())
+    return Owned(pid, start_time(psutil.Process(pid)))
 
 
 def test_spawn_own_session_marker_and_log(spawned, run_id, tmp_path):
@@ -69,6 +69,18 @@ def test_spawn_own_session_marker_and_log(spawned, run_id, tmp_path):
     while "hello from" not in (tmp_path / "rank.log").read_text() and time.time() < deadline:
         time.sleep(0.02)
     assert (tmp_path / "rank.log").read_text().strip() == f"hello from {proc.pid}"
+
+
+def test_identity_survives_a_stepped_wall_clock(spawned, run_id, monkeypatch):
+    """NTP or a VM restore moves /proc/stat's btime, and with it psutil's create_time(); a live rank
+    must still be recognised as ours (it once was not, and was never killed)."""
+    proc, owned = spawned(SLEEP)
+    monkeypatch.setattr(psutil, "boot_time", lambda: time.time() - 10_000.0)
+    monkeypatch.setattr(psutil._psplatform, "boot_time", lambda: time.time() - 10_000.0)
+    assert abs(psutil.Process(proc.pid).create_time() - owned.create_time) > 1.0   # the epoch view moved
+    assert owned.process(run_id) is not None
+    assert procs.kill_verified([owned], run_id, signal.SIGKILL) == [proc.pid]
+    proc.wait(timeout=10)
 
 
 def test_process_verifies_create_time(spawned, run_id):

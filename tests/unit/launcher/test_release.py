@@ -40,3 +40,41 @@ def test_memory_that_never_comes_back_is_reported_not_reused() -> None:
 
 def test_margin_is_512_mib_or_two_percent() -> None:
     assert margin_mib(None) == 512 and margin_mib(81920) == 0.02 * 81920
+
+
+def test_an_exited_but_unreaped_process_holds_nothing() -> None:
+    """A zombie (exited, its parent not yet waiting on it) has no memory: on the host backend it must
+    not keep the GPU from being released (init in some containers never reaps)."""
+    import os
+    import time
+
+    import psutil
+
+    from launcher.memprobe import HostProbe
+    from launcher.procs import start_time
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.time() + 5
+        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+            time.sleep(0.01)
+        ref = (pid, start_time(psutil.Process(pid)))
+        r = wait_released(HostProbe(), ["0"], [ref], {"0": None}, timeout=0.5, interval=0.1)
+        assert r.released, r
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_leaked_gpus_make_a_job_that_needs_them_unplaceable() -> None:
+    from launcher.resources import ClusterShape, NodeShape
+    from launcher.scheduler import Books
+    from launcher.spec import Resources
+
+    books = Books(ClusterShape((NodeShape("a", 2, "H20"), NodeShape("b", 4, "A100"))))
+    leaked = [{"node": "b", "gpus": ["0", "1"]}]
+    assert books.could_ever_fit(Resources(gpus_per_node=2), leaked)
+    assert books.could_ever_fit(Resources(gpus_per_node=2, gpu_type="A100"), leaked)
+    assert not books.could_ever_fit(Resources(gpus_per_node=4), leaked)
+    assert not books.could_ever_fit(Resources(nodes=2, gpus_per_node=3), leaked)
