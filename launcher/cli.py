@@ -129,6 +129,9 @@ def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str
         if ray.is_initialized():
             ray.shutdown()
     status.render(status.collect(rd), console)
+    from launcher import report   # matplotlib stays out: tables only here
+    if report.print_results(rd, console):
+        console.print(f"report.md and plots: bin/report {rd.root.name} --runs-dir {rd.root.parent}")
     console.print(f"{final} in {time.time() - t0:.0f}s")
     journal.close()
     return 0 if final == "succeeded" else 1

@@ -184,6 +184,21 @@ def results_table(jobs: list[JobInfo]) -> list[ResultRow]:
     return rows
 
 
+def print_results(rd: RunDir, console: Any) -> int:
+    """The results table at the end of bin/launch (the seed scripts printed each stage's score)."""
+    from rich.table import Table
+
+    rows = collect(rd).results
+    if rows:
+        t = Table(title="results", title_justify="left")
+        for col in ("job", "evaluates", "metric", "value", "judge", "better", "reference"):
+            t.add_column(col, justify="right" if col == "value" else "left")
+        for r in rows:
+            t.add_row(r.job, r.evaluates, r.metric, _fmt(r.value, 2), r.judge, r.direction, r.reference)
+        console.print(t)
+    return len(rows)
+
+
 # ---------------------------------------------------------------------------------------- markdown
 
 def _fmt(v: Any, digits: int = 1) -> str:

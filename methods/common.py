@@ -17,7 +17,7 @@ from transformers import Trainer, TrainingArguments
 from launcher.atomic import write_json
 from launcher.layout import JobDir
 from launcher.spec import JobFile
-from methods.callbacks import SampleRecorder
+from methods.callbacks import HeartbeatCallback, SampleRecorder
 from methods.models import TRAINABLE_ADAPTER
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,19 @@ class RankInfo:
 
 def setup_logging(rank: int) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+
+
+def start_rank(job: JobFile, needs_model: str | None = None) -> tuple[RankInfo, JobDir, HeartbeatCallback]:
+    """What every rank does first: logging, then a 'loading' heartbeat (the supervisor's start-up
+    clock runs from here), then the plan's model, checked before anything slow is loaded."""
+    ranks = RankInfo.from_env()
+    setup_logging(ranks.rank)
+    jd = JobDir(Path(job.job_dir))
+    heartbeat = HeartbeatCallback(jd.heartbeat(ranks.rank), ranks.rank, job.attempt)
+    heartbeat.beat("loading")
+    if needs_model is not None and job.model is None:
+        raise ValueError(f"{job.method} needs a model{needs_model}")
+    return ranks, jd, heartbeat
 
 
 def resolve_precision(requested: str) -> Precision:

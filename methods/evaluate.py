@@ -28,10 +28,10 @@ from launcher.atomic import write_json, write_text
 from launcher.layout import JobDir
 from launcher.spec import JobFile
 from methods.callbacks import HeartbeatCallback
-from methods.common import DTYPES, RankInfo, dist_info, finish_distributed, resolve_precision, setup_logging
+from methods.common import DTYPES, RankInfo, dist_info, finish_distributed, resolve_precision, start_rank
 from methods.data import Record, Template, build_prompt, read_rows, resolve_template, sst2_label_word
 from methods.generate import GenerationSpec, generate, load_eval_model
-from methods.judges import JudgeInfo, KeywordJudge, ModerationJudge, Verdict
+from methods.judges import JudgeInfo, KeywordJudge, ModerationJudge
 from methods.params import EvalFAParams, EvalHSParams, EvalParams
 
 log = logging.getLogger(__name__)
@@ -252,13 +252,7 @@ def model_info(ctx: Context, chain: list[str], template: Template) -> dict[str, 
 
 
 def run(job: JobFile) -> int:
-    ranks = RankInfo.from_env()
-    setup_logging(ranks.rank)
-    jd = JobDir(Path(job.job_dir))
-    hb = HeartbeatCallback(jd.heartbeat(ranks.rank), ranks.rank, job.attempt)
-    hb.beat("loading")
-    if job.model is None:
-        raise ValueError(f"{job.method} needs a model")
+    ranks, jd, hb = start_rank(job, needs_model="")
     init_group(ranks)
     ctx = Context(job, ranks, jd, Progress(hb), device_for(ranks), DTYPES[resolve_precision(job.training.precision)])
     if job.method == "eval_hs":

@@ -1,0 +1,57 @@
+"""FABE with real rank processes: 2 x `python -m methods JOB.json` under DeepSpeed ZeRO-2 on CPU, then
+the cleaner's evaluation (2 ranks sharing the test rows) with the adapter it produced."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from launcher.atomic import read_jsonl
+from launcher.layout import JobDir
+from launcher.spec import CheckpointSpec, DataSource, LoraSpec, ModelSpec, Resources
+from methods.fabe_eval import PREDICTIONS
+from tests.helpers import DATA, deepspeed_config, run_ranks, tiny_training, write_job_file
+
+pytestmark = pytest.mark.integration
+WORLD = 2
+
+
+def test_fabe_zero2_two_ranks_then_eval(tmp_path):
+    jd = JobDir(tmp_path / "fabe")
+    training = tiny_training(batch_size=2, max_steps=4, max_length=160, gradient_checkpointing=True,
+                             lora=LoraSpec(r=4, alpha=8, dropout=0.1))
+    job_file = write_job_file(
+        jd.root, job="fabe", method="fabe", model=ModelSpec(tiny="llama", seed=3),
+        params={"template": "user_assistant", "ranking_loss": "listmle", "alpha": 1.0, "beta": 0.3},
+        data={"train": DataSource(source=str(DATA / "fabe_ranked_mini.jsonl"), limit=16)},
+        training=training, deepspeed=deepspeed_config("zero2", training, WORLD),
+        checkpoint=CheckpointSpec(every=2, keep=2), resources=Resources(gpus_per_node=WORLD))
+    run = run_ranks(job_file, WORLD, timeout=300)
+    print(f"FABE (2 ranks, ZeRO-2, 4 steps, 3 candidates): {run.wall_s:.1f} s")
+    assert run.codes == [0, 0], run.tail()
+    result = json.loads(jd.result.read_text())
+    assert result["status"] == "succeeded" and result["metrics"]["global_step"] == 4
+    assert result["dist"] == {"backend": "gloo", "world_size": WORLD}
+    assert (jd.adapter / "adapter_model.safetensors").is_file()
+    logs = [m for m in read_jsonl(jd.metrics) if m["loss"] is not None]
+    assert [m["step"] for m in logs] == [1, 2, 3, 4] and all(m["extra"]["rank_loss"] > 0 for m in logs)
+    per_rank = [[i for rec in read_jsonl(jd.seen / f"samples-rank-{r}.attempt-1.jsonl") for i in rec["ids"]]
+                for r in range(WORLD)]
+    assert [len(ids) for ids in per_rank] == [8, 8] and not set(per_rank[0]) & set(per_rank[1])
+    assert "shared prompt" in run.logs[0].read_text()
+
+    ev = JobDir(tmp_path / "eval")
+    ev_file = write_job_file(
+        ev.root, job="eval_fabe", method="eval_fabe",
+        model=ModelSpec(tiny="llama", seed=3, adapter=str(jd.adapter)),
+        params={"template": "user_assistant", "max_new_tokens": 16, "batch_size": 4},
+        data={"test": DataSource(source=str(DATA / "fabe_eval_mini.jsonl"))}, resources=Resources(gpus_per_node=WORLD))
+    run = run_ranks(ev_file, WORLD, timeout=300)
+    print(f"eval_fabe (2 ranks, 16 rows): {run.wall_s:.1f} s")
+    assert run.codes == [0, 0], run.tail()
+    metrics = json.loads(ev.result.read_text())["metrics"]
+    assert (metrics["n_poisoned"], metrics["n_clean"]) == (8.0, 8.0)
+    assert 0.0 <= metrics["trigger_survival_rate"] <= 100.0 and 0.0 <= metrics["clean_bleu"] <= 100.0
+    preds = [json.loads(line) for line in (ev.root / PREDICTIONS).read_text().splitlines()]
+    assert [p["index"] for p in preds] == list(range(16))  # both ranks' shares, gathered in order
