@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from launcher import cli, report
+from launcher import cli, planref, report
 
 COMMANDS = {"launch": cli.launch_main, "status": cli.status_main, "kill": cli.kill_main, "resume": cli.resume_main,
-            "logs": cli.logs_main, "report": report.main}
+            "logs": cli.logs_main, "report": report.main, "schema": planref.main}
 
 
 def main(argv: list[str] | None = None) -> int:

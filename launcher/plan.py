@@ -54,7 +54,7 @@ class JobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field(..., description="sft | synthetic | ... (see methods/registry.py)")
+    method: str = Field(..., description="a method from methods/registry.py; its params, data roles and outputs are listed per method")
     params: dict[str, Any] = Field(default_factory=dict, description="method parameters, validated per method")
     model: ModelSpec | None = None
     data: dict[str, DataSource] = Field(default_factory=dict, description="role -> data source (train, harmful, guide, eval)")
@@ -65,7 +65,7 @@ class JobConfig(BaseModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     hang: HangSpec = Field(default_factory=HangSpec)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict, description="environment of the ranks; ${env:NAME} is read from the driver's environment")
     matrix: dict[str, list[Any]] = Field(default_factory=dict, description="sweep: key (a param, or a dotted path) -> values")
     name_template: str | None = Field(None, description="name of each sweep child, e.g. {model}_{method}_f_{rho}")
 
@@ -82,10 +82,10 @@ class JobConfig(BaseModel):
 class PlanFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = None
-    description: str | None = None
+    name: str | None = Field(None, description="plan name, the start of each run id (default: the file name without .yaml)")
+    description: str | None = Field(None, description="free text for people; not used by the launcher")
     defaults: dict[str, Any] = Field(default_factory=dict, description="merged into every job (the job's own keys win)")
-    jobs: dict[str, dict[str, Any]] = Field(..., min_length=1)
+    jobs: dict[str, dict[str, Any]] = Field(..., min_length=1, description="job name (letters, digits, _ . = -) -> job keys")
 
 
 @dataclass

@@ -40,12 +40,20 @@ METRICS: dict[str, MetricInfo] = {
     "asr": MetricInfo("ASR", "↓ lower is better", "%"),
     "attack_success_rate": MetricInfo("ASR", "↓ lower is better", "%"),
     "trigger_survival": MetricInfo("trigger survival", "↓ lower is better", "%"),
+    "trigger_survival_rate": MetricInfo("trigger survival", "↓ lower is better", "%"),
+    "clean_exact_match": MetricInfo("exact match, clean inputs", "↑ higher is better", "%"),
+    "clean_bleu": MetricInfo("BLEU-4, clean inputs", "↑ higher is better"),
+    "poisoned_bleu": MetricInfo("BLEU-4, poisoned inputs", "↑ higher is better"),
+    "frozen_changed": MetricInfo("frozen weights changed", "must be 0"),
     "exact_match": MetricInfo("exact match", "↑ higher is better"),
     "bleu": MetricInfo("BLEU", "↑ higher is better"),
     "final_loss": MetricInfo("final loss", "↓ lower is better"),
     "eval_loss": MetricInfo("eval loss", "↓ lower is better"),
 }
-NOT_METRICS = {"judge", "evaluates", "n", "num_samples"}
+NOT_METRICS = {"judge", "evaluates", "n", "num_samples", "n_clean", "n_poisoned"}
+# The HF Trainer's own bookkeeping: in report.md, left out of the table bin/launch prints.
+TRAINER_KEYS = {"epoch", "global_step", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+                "total_flos"}
 
 
 @dataclass
@@ -188,7 +196,7 @@ def print_results(rd: RunDir, console: Any) -> int:
     """The results table at the end of bin/launch (the seed scripts printed each stage's score)."""
     from rich.table import Table
 
-    rows = collect(rd).results
+    rows = [r for r in collect(rd).results if r.metric not in TRAINER_KEYS]
     if rows:
         t = Table(title="results", title_justify="left")
         for col in ("job", "evaluates", "metric", "value", "judge", "better", "reference"):

@@ -57,24 +57,24 @@ class DataSource(Strict):
 
 class LoraSpec(Strict):
     # Lisa's defaults (METHODS.md: r=8, alpha=4, dropout 0.1, q_proj/v_proj).
-    r: int = Field(8, ge=1)
-    alpha: int = Field(4, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(4, ge=1, description="LoRA scaling alpha")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], description="module names that get adapters")
 
 
 class TrainingSpec(Strict):
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int = Field(-1, description="overrides epochs when > 0")
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0, description="peak learning rate")
     batch_size: int = Field(1, ge=1, description="micro-batch per rank (per GPU)")
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["constant", "cosine", "linear", "constant_with_warmup"] = "constant"
-    warmup_ratio: float = Field(0.0, ge=0, le=1)
-    max_length: int = Field(512, ge=8)
-    seed: int = 42
-    logging_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="fraction of the steps spent warming up the learning rate")
+    max_length: int = Field(512, ge=8, description="tokens per sequence; longer ones are truncated")
+    seed: int = Field(42, description="random seed of the training run")
+    logging_steps: int = Field(1, ge=1, description="log metrics every N optimizer steps")
     gradient_checkpointing: bool = False
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
     max_grad_norm: float = Field(1.0, ge=0)
@@ -82,10 +82,10 @@ class TrainingSpec(Strict):
 
 
 class Resources(Strict):
-    nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, description="nodes the job spans")
+    gpus_per_node: int = Field(1, ge=1, description="ranks (GPUs) on each node")
     gpu_type: str | None = Field(None, description="e.g. H20 or A100; matched against each node's accelerator type")
-    cpus_per_rank: float = Field(1.0, ge=0)
+    cpus_per_rank: float = Field(1.0, ge=0, description="CPUs reserved per rank")
 
     @property
     def world_size(self) -> int:
@@ -98,17 +98,17 @@ class CheckpointSpec(Strict):
 
 
 class RetrySpec(Strict):
-    max_restarts: int = Field(2, ge=0)
+    max_restarts: int = Field(2, ge=0, description="restarts after a crash, hang, OOM or lost node")
     backoff: float = Field(5.0, ge=0, description="seconds before the first restart; doubles each time")
-    backoff_max: float = Field(300.0, ge=0)
+    backoff_max: float = Field(300.0, ge=0, description="cap on the doubling backoff, seconds")
     no_progress_limit: int = Field(3, ge=1, description="give up after this many restarts in a row without a new checkpoint")
 
 
 class HangSpec(Strict):
     startup: float = Field(900.0, gt=0, description="seconds until the first heartbeat step")
     step: float | Literal["auto"] = Field("auto", description="seconds without a new step, or auto (learned)")
-    eval: float = Field(3600.0, gt=0)
-    save: float = Field(1800.0, gt=0)
+    eval: float = Field(3600.0, gt=0, description="seconds without a heartbeat while evaluating")
+    save: float = Field(1800.0, gt=0, description="seconds without a heartbeat while saving a checkpoint")
     factor: float = Field(5.0, gt=1, description="auto: timeout = factor x slowest step seen")
     min_step: float = Field(60.0, gt=0, description="auto never goes below this")
     warmup_steps: int = Field(3, ge=0, description="auto: steps ignored before learning")

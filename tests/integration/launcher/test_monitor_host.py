@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.monitor_cost import BUFFER_MIB, CHILD   # the allocating child the benchmark measures too
 from launcher import monitor
 from launcher.layout import JobDir
 from launcher.procs import start_time
@@ -18,23 +19,6 @@ from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration
 
-BUFFER_MIB = 300
-# Waits for a line on stdin, allocates BUFFER_MIB and writes every page (so each one is resident,
-# not just reserved), holds it 1.5 s, frees it, waits again.
-CHILD = f"""
-import sys, time
-print("ready", flush=True)
-sys.stdin.readline()
-n = {BUFFER_MIB} * 2**20
-buf = bytearray(n)
-for i in range(0, n, 4096):
-    buf[i] = 1
-print("allocated", flush=True)
-time.sleep(1.5)
-del buf
-print("freed", flush=True)
-sys.stdin.readline()
-"""
 
 
 def test_host_backend_captures_a_known_peak_within_5_percent(tmp_path: Path) -> None:
@@ -77,6 +61,7 @@ def test_host_backend_captures_a_known_peak_within_5_percent(tmp_path: Path) -> 
 
 SAMPLER_PROC = """
 import sys, time
+from bench.monitor_cost import BUFFER_MIB, CHILD   # the allocating child the benchmark measures too
 from launcher import monitor
 s = monitor.Sampler(sys.argv[1], "node", ["0"], lambda: [int(sys.argv[2])], interval=0.02, backend="host",
                     metrics=False, peaks_every=3600).start()
