@@ -1,6 +1,7 @@
 """Recovery from a hang: stall -> detection -> kill -> first resumed step, against the timeout.
 
     PYTHONPATH=. .venv/bin/python bench/recovery.py [--deepspeed] [--timeout 5] [--json OUT]
+    (also the `recovery` piece of `python -m bench`)
 
 A 2-rank job (synthetic by default; --deepspeed: the tiny-Llama SFT under ZeRO-2) runs through
 the real launcher, detached; at step 30 one rank gets SIGSTOP (a hang no exit code reveals).
@@ -20,10 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.atomic import read_jsonl
 from launcher.journal import Journal
+
+if TYPE_CHECKING:
+    from bench.results import PieceResult
 
 REPO = Path(__file__).resolve().parents[1]
 EVERY = 10
@@ -72,31 +76,78 @@ def measure(deepspeed: bool, timeout: float) -> dict[str, Any]:
         out = subprocess.run([sys.executable, "-m", "launcher", "launch", str(Path(tmp) / "plan.yaml"), "--detach",
                               "--runs-dir", str(runs), "--no-dashboard"], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        while True:
-            st = status(runs)
-            j = st["jobs"][0]
-            if j["state"] == "running" and (j["step"] or 0) >= 30:
-                break
-            time.sleep(0.1)
-        first = j["attempts"][0]
-        startup = None
-        stalled = time.time()
-        os.kill(first["pids"][1], signal.SIGSTOP)
-        while status(runs)["state"] == "running":
-            time.sleep(0.5)
-        run_dir = Path(st["dir"])
-        jn = Journal(run_dir / "run.db", readonly=True)
-        detected = next(e["time"] for e in jn.events("job") if e["kind"] == "detected")
-        killed = next(e["time"] for e in jn.events("job") if e["kind"] == "failure")
-        a1, a2 = jn.attempts("job")[:2]
-        jn.close()
-        resumed = first_step_time(run_dir, 2, a2["start_step"])
-        # The job's own start-up: attempt 1 from its start to its first step.
-        startup = first_step_time(run_dir, 1, 0) - a1["started"]
-        return {"job": "sft-zero2-tiny-llama" if deepspeed else "synthetic", "timeout_s": timeout,
-                "detect_s": detected - stalled, "kill_done_s": killed - stalled, "resumed_step_s": resumed - stalled,
-                "job_startup_s": startup, "steps_redone": a1["end_step"] - a2["start_step"], "checkpoint_every": EVERY,
-                "state": status(runs)["state"]}
+        run_id = out.stdout.split()[1]
+        try:
+            return observe(runs, deepspeed, timeout)
+        except Exception as e:
+            # Leave nothing running: the detached driver and its ranks go before the report does.
+            log = runs / run_id / "driver.log"
+            tail = log.read_text(errors="replace").splitlines()[-3:] if log.exists() else []
+            subprocess.run([sys.executable, "-m", "launcher", "kill", run_id, "--runs-dir", str(runs), "--force"],
+                           cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+            raise RuntimeError(f"{e}; driver log: {' | '.join(tail)}") from e
+
+
+def observe(runs: Path, deepspeed: bool, timeout: float) -> dict[str, Any]:
+    deadline = time.time() + 600   # a run that never gets there is reported, not waited on forever
+    while True:
+        st = status(runs)
+        j = st["jobs"][0]
+        if j["state"] == "running" and (j["step"] or 0) >= 30:
+            break
+        if time.time() > deadline or st["state"] not in ("pending", "running"):
+            raise RuntimeError(f"the job never reached step 30 while running: run {st['state']}, job {j['state']}")
+        time.sleep(0.1)
+    first = j["attempts"][0]
+    stalled = time.time()
+    os.kill(first["pids"][1], signal.SIGSTOP)
+    # Detection, kill, restart and the rest of the job: well within this unless recovery is stuck.
+    after = stalled + timeout + (420 if deepspeed else 180)
+    while (st := status(runs))["state"] == "running":
+        if time.time() > after:
+            job = st["jobs"][0]
+            raise RuntimeError(f"no recovery {after - stalled:.0f} s after the stall: job {job['state']}, "
+                               f"attempt {len(job['attempts'])}, {job['reason'] or ''}")
+        time.sleep(0.5)
+    run_dir = Path(st["dir"])
+    jn = Journal(run_dir / "run.db", readonly=True)
+    detected = next(e["time"] for e in jn.events("job") if e["kind"] == "detected")
+    killed = next(e["time"] for e in jn.events("job") if e["kind"] == "failure")
+    a1, a2 = jn.attempts("job")[:2]
+    jn.close()
+    resumed = first_step_time(run_dir, 2, a2["start_step"])
+    # The job's own start-up: attempt 1 from its start to its first step.
+    startup = first_step_time(run_dir, 1, 0) - a1["started"]
+    return {"job": "sft-zero2-tiny-llama" if deepspeed else "synthetic", "timeout_s": timeout,
+            "detect_s": detected - stalled, "kill_done_s": killed - stalled, "resumed_step_s": resumed - stalled,
+            "job_startup_s": startup, "steps_redone": a1["end_step"] - a2["start_step"], "checkpoint_every": EVERY,
+            "state": st["state"]}
+
+
+def bench(quick: bool) -> PieceResult:
+    """Synthetic job (hang.step 5 s); full mode also the tiny-Llama ZeRO-2 job (hang.step 8 s)."""
+    from bench.results import PieceResult, Row, fmt_s
+
+    cases = [(False, 5.0)] + ([] if quick else [(True, 8.0)])
+    rows, details = [], {}
+    for deepspeed, timeout in cases:
+        r = measure(deepspeed, timeout)
+        details[r["job"]] = r
+        t, up = r["timeout_s"], r["job_startup_s"]
+        tag = f"{r['job']}, hang.step {t:g} s"
+        rows += [
+            Row(f"hang detected after the stall ({tag})", fmt_s(r["detect_s"], 1), r["detect_s"],
+                baseline=f"timeout {t:g} s", target=f"<= timeout + 2 = {t + 2:g} s", ratio=r["detect_s"] / t,
+                met=r["detect_s"] <= t + 2, note="a SIGSTOPped rank of a 2-rank job; py-spy stacks are dumped before the kill"),
+            Row(f"ranks killed ({tag})", fmt_s(r["kill_done_s"], 1), r["kill_done_s"]),
+            Row(f"first resumed step ({tag})", fmt_s(r["resumed_step_s"], 1), r["resumed_step_s"],
+                baseline=f"job start-up {up:.1f} s", target=f"<= timeout + start-up + 5 = {t + up + 5:.1f} s",
+                met=r["resumed_step_s"] <= t + up + 5),
+            Row(f"steps redone ({tag})", str(r["steps_redone"]), r["steps_redone"],
+                target=f"<= checkpoint interval {r['checkpoint_every']}", ratio=r["steps_redone"] / r["checkpoint_every"],
+                met=r["steps_redone"] <= r["checkpoint_every"], note=f"run {r['state']} after the restart"),
+        ]
+    return PieceResult("recovery", rows, details)
 
 
 def main() -> int:

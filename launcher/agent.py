@@ -90,7 +90,7 @@ class NodeAgent:
         # All local ranks see the job's GPUs on this node; LOCAL_RANK picks one (NCCL peer-to-peer).
         env["CUDA_VISIBLE_DEVICES"] = ",".join(info["gpus"])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env.setdefault("OMP_NUM_THREADS", "1")
+        env["OMP_NUM_THREADS"] = extra_env.get("OMP_NUM_THREADS", "1")   # not the actor's (Ray sets it to num_cpus)
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")   # CUDA indices = NVML indices (what the monitor queries)
         # What the GPUs hold before our ranks exist: stop() waits until they are back near it.
         self.probe = open_probe(os.environ.get("SL_MONITOR_BACKEND", "auto"), info["gpus"])

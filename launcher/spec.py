@@ -85,7 +85,7 @@ class Resources(Strict):
     nodes: int = Field(1, ge=1, description="nodes the job spans")
     gpus_per_node: int = Field(1, ge=1, description="ranks (GPUs) on each node")
     gpu_type: str | None = Field(None, description="e.g. H20 or A100; matched against each node's accelerator type")
-    cpus_per_rank: float = Field(1.0, ge=0, description="CPUs reserved per rank")
+    cpus_per_rank: float = Field(1.0, ge=0, description="CPUs reserved per rank; also each rank's OMP_NUM_THREADS (at least 1) unless env sets it")
 
     @property
     def world_size(self) -> int:

@@ -23,6 +23,9 @@ def test_smoke_plan_succeeds_with_two_ranks_on_disjoint_data(runs: Path) -> None
     out = subprocess.run([str(REPO / "bin" / "launch"), "plans/smoke.yaml", "--runs-dir", str(runs), "--no-dashboard"],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # The end of bin/launch: the status table, then the results (the Trainer's bookkeeping left out).
+    tail = out.stdout[out.stdout.index("results"):]
+    assert "train_loss" in tail and "train_runtime" not in tail and "succeeded in" in tail
     st = status(runs)
     (job,) = st["jobs"]
     assert st["state"] == "succeeded" and job["state"] == "succeeded"

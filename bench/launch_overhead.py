@@ -1,0 +1,121 @@
+"""Launch overhead: from a job becoming ready to its first step, minus the rank's own start-up.
+
+    PYTHONPATH=. .venv/bin/python -m bench --only launch
+
+Runs plans/pipeline_synthetic.yaml through the real launcher (local Ray, 2 simulated GPUs) and
+reads, per job, from the journal and the job's files:
+  ready    the driver's 'waiting for ...' event: GPUs reserved, placement group asked for;
+  created  the rank processes' create_time (journal processes table; the last rank of the job);
+  first    the first training step (metrics.jsonl of attempt 1).
+Launch overhead = created - ready (= ready -> first step, minus the rank's start-up created -> first).
+Also the teardown: a job's last step -> its attempt ended (ranks gone, GPUs back in the driver's books),
+and, for the reading of the overhead, what a fresh Ray worker (the node agent) pays to import.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from bench import runs
+from bench.results import REPO, PieceResult, Row, at_most, fmt_s, median
+from launcher.atomic import read_jsonl
+from launcher.journal import Journal
+
+TARGET_S = 1.0
+
+
+@dataclass
+class JobLaunch:
+    job: str
+    ready: float
+    created: float
+    first_step: float | None
+    last_step: float | None
+    ended: float | None
+
+    @property
+    def overhead_s(self) -> float:
+        return self.created - self.ready
+
+    @property
+    def startup_s(self) -> float | None:
+        return None if self.first_step is None else self.first_step - self.created
+
+
+def from_journal(run_dir: Path) -> list[JobLaunch]:
+    """Attempt 1 of every job that started (restarted attempts wait for a back-off: not launch cost)."""
+    j = Journal(run_dir / "run.db", readonly=True)
+    try:
+        out = []
+        for row in j.jobs():
+            name = row["name"]
+            ready = next((e["time"] for e in j.events(name) if e["kind"] == "info"
+                          and e["message"].startswith("waiting for") and "(attempt 1)" in e["message"]), None)
+            # The journal keeps start times as seconds since boot (procs.start_time); this host's boot time makes them epoch.
+            created = [psutil.boot_time() + p.create_time for p in j.processes(job=name, attempt=1) if p.role == "rank"]
+            if ready is None or not created:
+                continue
+            steps = [r for r in read_jsonl(run_dir / "jobs" / name / "metrics.jsonl")
+                     if r.get("attempt", 1) == 1 and (r.get("step") or 0) >= 1 and "time" in r]
+            att = j.attempts(name)
+            out.append(JobLaunch(name, ready, max(created), min((r["time"] for r in steps), default=None),
+                                 max((r["time"] for r in steps), default=None), att[0]["ended"] if att else None))
+        return out
+    finally:
+        j.close()
+
+
+def teardowns(launches: list[JobLaunch]) -> list[float]:
+    return [x.ended - x.last_step for x in launches if x.ended is not None and x.last_step is not None]
+
+
+def agent_import_s() -> float:
+    """Python start-up plus what a node agent's fresh Ray worker imports (ray, launcher.agent)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import ray, launcher.agent"], cwd=REPO, env=runs.env(), check=True,
+                   capture_output=True, timeout=120)
+    return time.perf_counter() - t0
+
+
+def summarize(launches: list[JobLaunch]) -> dict[str, float | None]:
+    ov = [x.overhead_s for x in launches]
+    st = [s for s in (x.startup_s for x in launches) if s is not None]
+    td = teardowns(launches)
+    return {"jobs": len(launches), "overhead_median_s": median(ov), "overhead_max_s": max(ov, default=None),
+            "startup_median_s": median(st), "teardown_median_s": median(td), "teardown_max_s": max(td, default=None)}
+
+
+def rows(s: dict[str, float | None], what: str) -> list[Row]:
+    note = (f"{s['jobs']} jobs of {what}; overhead = rank process created - 'waiting for' event; the rank's own "
+            f"start-up (created -> first step, median {fmt_s(s['startup_median_s'])}) is left out")
+    return [
+        Row("launch overhead, median", fmt_s(s["overhead_median_s"]), s["overhead_median_s"],
+            target=f"<= {TARGET_S:.0f} s", met=at_most(s["overhead_median_s"], TARGET_S), note=note),
+        Row("launch overhead, max", fmt_s(s["overhead_max_s"]), s["overhead_max_s"],
+            target=f"<= {TARGET_S:.0f} s", met=at_most(s["overhead_max_s"], TARGET_S)),
+        Row("teardown: last step -> GPUs back, median", fmt_s(s["teardown_median_s"]), s["teardown_median_s"],
+            note="the rank's exit and result, the driver's poll (0.25 s), kill/sweep and the GPU release check"),
+    ]
+
+
+def bench(quick: bool) -> PieceResult:
+    with tempfile.TemporaryDirectory(prefix="bench-launch-") as tmp:
+        run = runs.launch(REPO / "plans" / "pipeline_synthetic.yaml", Path(tmp) / "runs", "bench-pipeline",
+                          "--simulate-gpus", "2", timeout=600)
+        launches = from_journal(run.run_dir)
+    s = summarize(launches)
+    imp = agent_import_s()
+    out = rows(s, "plans/pipeline_synthetic.yaml on 2 simulated GPUs")
+    out.append(Row("python + import ray, launcher.agent (a fresh agent worker)", fmt_s(imp), imp,
+                   note="each job's node agent is a new Ray actor, i.e. a new worker process that pays this before "
+                        "it can spawn the ranks"))
+    return PieceResult("launch", out, {**s, "agent_import_s": imp, "run_wall_s": run.wall_s,
+                                       "jobs_detail": [asdict(x) for x in launches]})
+
