@@ -14,7 +14,9 @@ from tests.integration.launcher.conftest import job, run_processes, start_detach
 
 pytestmark = pytest.mark.integration
 
-STEPS, EVERY = 40, 10
+# Enough steps that the fault lands mid-training: with one OpenMP thread per rank the tiny model
+# runs ~30 steps/s here, faster than bin/status polls; a stop during a save is caught by hang.save.
+STEPS, EVERY = 240, 20
 
 
 def _plan(tmp: Path) -> Path:
@@ -30,7 +32,7 @@ jobs:
     training: {{max_steps: {STEPS}, batch_size: 2, lr: 1.0e-3, max_length: 96}}
     checkpoint: {{every: {EVERY}, keep: 2}}
     retry: {{max_restarts: 2, backoff: 0.2}}
-    hang: {{startup: 300, step: 8}}
+    hang: {{startup: 300, step: 8, save: 20}}
 """)
 
 

@@ -41,8 +41,11 @@ def gguf_cache(tmp_path_factory) -> Path:
 
 
 def test_conversion_race_leaves_one_complete_copy(gguf_cache):
-    entries = sorted(p.name for p in gguf_cache.iterdir())
+    # The converted copy and its lock file (kept: deleting a lock another process may hold is a race).
+    names = {p.name for p in gguf_cache.iterdir()}
+    entries = sorted(n for n in names if not n.endswith(".lock"))
     assert len(entries) == 1 and entries[0].startswith("gguf-SmolLM2-135M-Instruct.Q4_1-")  # no temp dirs left
+    assert names - set(entries) == {f".{entries[0]}.lock"}
     converted = gguf_cache / entries[0]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in converted.iterdir()}
     start = time.monotonic()
