@@ -91,6 +91,10 @@ class NodeAgent:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(info["gpus"])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env["OMP_NUM_THREADS"] = extra_env.get("OMP_NUM_THREADS", "1")   # not the actor's (Ray sets it to num_cpus)
+        # The venv's bin first, as when it is activated: DeepSpeed's JIT ops are built with the first
+        # `ninja` on PATH, and two ninja versions alternating rebuild them (a minute of CPU) every start.
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([venv_bin, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)])
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")   # CUDA indices = NVML indices (what the monitor queries)
         # What the GPUs hold before our ranks exist: stop() waits until they are back near it.
         self.probe = open_probe(os.environ.get("SL_MONITOR_BACKEND", "auto"), info["gpus"])

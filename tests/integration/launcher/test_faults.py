@@ -81,6 +81,11 @@ def _check_recovered(runs: Path, run: str, failure: str) -> dict[str, Any]:
 def test_sigkill_one_rank(runs: Path, tmp_path: Path) -> None:
     run = start_detached(write_plan(tmp_path, plan_text()), runs)
     st = wait_for(runs, run, _at_step(12), what="step 12")
+    # What the agent gave the rank: its run's marker, one OpenMP thread per cpus_per_rank (not the
+    # actor's Ray-set count), and the venv's bin first on PATH (the ninja that builds DeepSpeed's ops).
+    env = psutil.Process(_rank_pid(st, 1)).environ()
+    assert env["SL_RUN_ID"] == run and env["OMP_NUM_THREADS"] == "1" and env["WORLD_SIZE"] == "2"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     os.kill(_rank_pid(st, 1), signal.SIGKILL)
     st = _check_recovered(runs, run, "crash")
     assert job(st, "train")["attempts"][0]["exit_codes"]["1"] == -9
