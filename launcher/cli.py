@@ -319,13 +319,15 @@ def status_main(argv: list[str] | None = None) -> int:
     add_run_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (a stable contract)")
     p.add_argument("--watch", action="store_true", help="a live table until the run ends")
+    p.add_argument("--all", action="store_true", dest="all_jobs",
+                   help=f"list every job (over {status.FOLD_OVER} jobs, succeeded/pending/skipped ones are counted, not listed)")
     args = p.parse_args(argv)
     rd = open_run(args)
     if rd is None:
         return 2
     if args.watch and not args.json:
         try:
-            status.watch(rd)
+            status.watch(rd, all_jobs=args.all_jobs)
         except KeyboardInterrupt:
             pass
         return 0
@@ -333,5 +335,5 @@ def status_main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
     else:
-        status.render(st)
+        status.render(st, all_jobs=args.all_jobs)
     return 0

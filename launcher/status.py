@@ -111,12 +111,30 @@ def console_for_stdout() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def table(st: dict[str, Any]) -> Table:
+# A sweep of hundreds of jobs: the rows a researcher acts on (running, failed, killed) stay,
+# finished and waiting ones become counts; a 1,000-row table scrolls away and takes ~1 s to draw.
+FOLD_OVER = 50
+FOLDED_STATES = ("succeeded", "pending", "skipped")
+
+
+def shown_jobs(jobs: list[dict[str, Any]], all_jobs: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The jobs the table lists, and how many of each state it folded into the caption."""
+    if all_jobs or len(jobs) <= FOLD_OVER:
+        return jobs, {}
+    folded: dict[str, int] = {}
+    for job in jobs:
+        if job["state"] in FOLDED_STATES:
+            folded[job["state"]] = folded.get(job["state"], 0) + 1
+    return [j for j in jobs if j["state"] not in FOLDED_STATES], folded
+
+
+def table(st: dict[str, Any], all_jobs: bool = False) -> Table:
     took = (st["ended"] or time.time()) - st["created"]
     t = Table(title=f"run {st['run']}  [{st['state']}]  {took:.0f}s", title_justify="left")
     for col in ("job", "method", "state", "attempt", "step", "loss", "steps/s", "ETA", "node", "GPUs", "restarts", "note"):
         t.add_column(col, no_wrap=col not in ("note",))
-    for job in st["jobs"]:
+    jobs, folded = shown_jobs(st["jobs"], all_jobs)
+    for job in jobs:
         last = job["attempts"][-1] if job["attempts"] else None
         node, gpus = _placement(last)
         step = f"{job['step']}/{job['total_steps']}" if job["total_steps"] else str(job["step"] or "-")
@@ -127,22 +145,25 @@ def table(st: dict[str, Any]) -> Table:
         # Text cells: plan values and reasons may contain [brackets] that rich would read as markup.
         t.add_row(*[c if isinstance(c, Text) else Text(c) for c in cells])
     t.caption = f"dir: {st['dir']}"
+    if folded:
+        counts = ", ".join(f"{n} {state}" for state, n in folded.items())
+        t.caption += f"\nnot listed: {counts} of {len(st['jobs'])} jobs (--all lists every job)"
     t.caption_justify = "left"
     return t
 
 
-def render(st: dict[str, Any], console: Console | None = None) -> None:
-    (console or console_for_stdout()).print(table(st))
+def render(st: dict[str, Any], console: Console | None = None, all_jobs: bool = False) -> None:
+    (console or console_for_stdout()).print(table(st, all_jobs))
 
 
-def watch(rd: RunDir, interval: float = 2.0) -> None:
+def watch(rd: RunDir, interval: float = 2.0, all_jobs: bool = False) -> None:
     """A live table until the run ends (Ctrl-C leaves it, the run goes on)."""
     from rich.live import Live
 
-    with Live(table(collect(rd)), console=console_for_stdout(), refresh_per_second=4) as live:
+    with Live(table(collect(rd), all_jobs), console=console_for_stdout(), refresh_per_second=4) as live:
         while True:
             st = collect(rd)
-            live.update(table(st))
+            live.update(table(st, all_jobs))
             if st["state"] not in ("running", "pending"):
                 return
             time.sleep(interval)

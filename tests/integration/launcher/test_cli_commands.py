@@ -37,6 +37,8 @@ def test_status_logs_report(finished: tuple[Path, str]) -> None:
     out = bin_("status", "--runs-dir", str(runs), "--watch")
     assert out.returncode == 0 and "succeeded" in out.stdout and "stage1_align" in out.stdout
     st = json.loads(bin_("status", run, "--runs-dir", str(runs), "--json").stdout)
+    every = bin_("status", run, "--runs-dir", str(runs), "--all")
+    assert every.returncode == 0 and all(j["name"] in every.stdout for j in st["jobs"])
     assert st["state"] == "succeeded" and len(st["jobs"]) == 8
     log = bin_("logs", run, "lisa", "--runs-dir", str(runs), "-f")
     assert log.returncode == 0 and "[synthetic] rank 0 attempt 1 starting at step 0/20" in log.stdout
