@@ -88,8 +88,9 @@ sys.stdin.readline()
 """
 
 
-def peak_capture(tmp: Path) -> dict[str, float]:
-    """The host sampler at its default interval against a child that allocates a known buffer."""
+def spike(root: Path) -> tuple[float, monitor.PeakRow, float]:
+    """A host sampler at its default interval, writing under root, against a child that allocates
+    BUFFER_MIB and frees it. Returns the child's RSS before (MiB), the sampler's peak, RSS after."""
     child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdin is not None
@@ -97,7 +98,7 @@ def peak_capture(tmp: Path) -> dict[str, float]:
         p = psutil.Process(child.pid)
         time.sleep(0.2)
         baseline = p.memory_info().rss / 2**20
-        s = monitor.Sampler(tmp / "peak", "node", ["0"], lambda: [(child.pid, start_time(p))], backend="host",
+        s = monitor.Sampler(root, "node", ["0"], lambda: [(child.pid, start_time(p))], backend="host",
                             metrics=False).start()
         time.sleep(0.6)
         child.stdin.write("go\n")
@@ -105,6 +106,7 @@ def peak_capture(tmp: Path) -> dict[str, float]:
         assert child.stdout.readline().strip() == "allocated"
         assert child.stdout.readline().strip() == "freed"
         time.sleep(1.1)
+        after = p.memory_info().rss / 2**20
         (peak,) = s.stop()
         child.stdin.write("end\n")
         child.stdin.flush()
@@ -112,6 +114,12 @@ def peak_capture(tmp: Path) -> dict[str, float]:
     finally:
         child.kill()
         child.wait()
+    return baseline, peak, after
+
+
+def peak_capture(tmp: Path) -> dict[str, float]:
+    """The host sampler at its default interval against a child that allocates a known buffer."""
+    baseline, peak, _ = spike(tmp / "peak")
     measured = peak.peak_mib - baseline
     return {"buffer_mib": BUFFER_MIB, "baseline_mib": baseline, "peak_mib": peak.peak_mib, "measured_mib": measured,
             "error": (measured - BUFFER_MIB) / BUFFER_MIB, "samples": peak.samples}

@@ -11,40 +11,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.monitor_cost import BUFFER_MIB, CHILD   # the allocating child the benchmark measures too
+from bench.monitor_cost import BUFFER_MIB, spike   # the allocation the benchmark measures too
 from launcher import monitor
 from launcher.layout import JobDir
-from launcher.procs import start_time
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration
 
 
-
 def test_host_backend_captures_a_known_peak_within_5_percent(tmp_path: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        p = psutil.Process(child.pid)
-        time.sleep(0.2)
-        baseline = p.memory_info().rss / 2**20
-        jd = JobDir(tmp_path / "job")
-        s = monitor.Sampler(jd.root, "node", ["0"], lambda: [(child.pid, start_time(p))], backend="host",
-                            metrics=False).start()   # the default interval: 0.5 s
-        time.sleep(0.6)
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "allocated"
-        assert child.stdout.readline().strip() == "freed"
-        time.sleep(1.1)
-        after = p.memory_info().rss / 2**20
-        peaks = s.stop()
-        child.stdin.write("end\n")
-        child.stdin.flush()
-        child.wait(timeout=10)
-    finally:
-        child.kill()
-    (peak,) = peaks
+    jd = JobDir(tmp_path / "job")
+    baseline, peak, after = spike(jd.root)   # the sampler at its default interval: 0.5 s
     measured = peak.peak_mib - baseline
     error = (measured - BUFFER_MIB) / BUFFER_MIB
     print(f"\nhost backend: baseline {baseline:.1f} MiB, peak {peak.peak_mib:.1f} MiB, measured "
@@ -61,7 +38,6 @@ def test_host_backend_captures_a_known_peak_within_5_percent(tmp_path: Path) -> 
 
 SAMPLER_PROC = """
 import sys, time
-from bench.monitor_cost import BUFFER_MIB, CHILD   # the allocating child the benchmark measures too
 from launcher import monitor
 s = monitor.Sampler(sys.argv[1], "node", ["0"], lambda: [int(sys.argv[2])], interval=0.02, backend="host",
                     metrics=False, peaks_every=3600).start()
