@@ -32,6 +32,7 @@ def _pdeathsig(expected_parent: int) -> None:
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PROCFS = os.path.isdir("/proc/self")
 
 
 def start_time(p: psutil.Process) -> float:
@@ -41,14 +42,14 @@ def start_time(p: psutil.Process) -> float:
     clock is stepped (NTP, a VM restored from a snapshot): a live rank then looked like a
     recycled PID and was never killed. The kernel's start tick count never changes.
     """
+    if not _PROCFS:   # macOS: the epoch time is all there is
+        return p.create_time()
     try:
         with open(f"/proc/{p.pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[19]) / _CLK_TCK   # field 22 of stat, counted from the state field
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):   # gone, or exiting while we read
         raise psutil.NoSuchProcess(p.pid) from None
-    except (OSError, IndexError, ValueError):   # no procfs (macOS): the epoch time is all there is
-        return p.create_time()
+    return int(fields[19]) / _CLK_TCK   # field 22 of stat, counted from the state field
 
 
 @dataclass(frozen=True)
