@@ -17,7 +17,9 @@ from transformers import Trainer, TrainingArguments
 from launcher.atomic import write_json
 from launcher.layout import JobDir
 from launcher.spec import JobFile
+from methods import jit_ops
 from methods.callbacks import HeartbeatCallback, SampleRecorder
+from methods.model_cache import converted_gguf, resolve_gguf
 from methods.models import TRAINABLE_ADAPTER
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def setup_logging(rank: int) -> None:
 
 def start_rank(job: JobFile, needs_model: str | None = None) -> tuple[RankInfo, JobDir, HeartbeatCallback]:
     """What every rank does first: logging, then a 'loading' heartbeat (the supervisor's start-up
-    clock runs from here), then the plan's model, checked before anything slow is loaded."""
+    clock runs from here), then the plan's model, checked before anything slow is loaded, then
+    what the node must have before any process group exists (the converted model, DeepSpeed's ops)."""
     ranks = RankInfo.from_env()
     setup_logging(ranks.rank)
     jd = JobDir(Path(job.job_dir))
@@ -52,7 +55,17 @@ def start_rank(job: JobFile, needs_model: str | None = None) -> tuple[RankInfo, 
     heartbeat.beat("loading")
     if needs_model is not None and job.model is None:
         raise ValueError(f"{job.method} needs a model{needs_model}")
+    prepare_node(job)
     return ranks, jd, heartbeat
+
+
+def prepare_node(job: JobFile) -> None:
+    """Node-shared files, made before TrainingArguments starts the process group: a conversion
+    done inside one depends on the rank (DESIGN.md), and a JIT build under it races the others."""
+    if job.model is not None and job.model.gguf:
+        converted_gguf(resolve_gguf(job.model.gguf))
+    if job.deepspeed is not None:
+        jit_ops.prepare(job.deepspeed)
 
 
 def resolve_precision(requested: str) -> Precision:

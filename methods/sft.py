@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from transformers import set_seed
@@ -16,7 +15,7 @@ from launcher.layout import JobDir
 from launcher.spec import JobFile
 from methods.callbacks import CheckpointCallback, HeartbeatCallback, MetricsCallback, SampleRecorder, barrier
 from methods.common import (DTYPES, MethodTrainer, RankInfo, Result, dist_info, finish_distributed, numeric,
-                            resolve_precision, setup_logging, training_arguments, write_result)
+                            resolve_precision, start_rank, training_arguments, write_result)
 from methods.data import SFTCollator, SFTDataset, Template, read_rows, resolve_template, sft_records, to_records
 from methods.models import attach_adapters, load_base_model, load_tokenizer, trainable_parameters
 from methods.params import SFTParams
@@ -40,13 +39,7 @@ class Setup:
 
 
 def setup(job: JobFile, params: SFTParams) -> Setup:
-    ranks = RankInfo.from_env()
-    setup_logging(ranks.rank)
-    jd = JobDir(Path(job.job_dir))
-    heartbeat = HeartbeatCallback(jd.heartbeat(ranks.rank), ranks.rank, job.attempt)
-    heartbeat.beat("loading")
-    if job.model is None:
-        raise ValueError(f"{job.method} needs a model")
+    ranks, jd, heartbeat = start_rank(job, needs_model="")
     precision = resolve_precision(job.training.precision)
     has_eval = "eval" in job.data
     args = training_arguments(job, precision, has_eval)  # before the model: ZeRO-3 partitions at load

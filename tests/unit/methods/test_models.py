@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from launcher.spec import LoraSpec, ModelSpec
-from methods.models import (STACKED_ADAPTER, attach_adapters, byte_tokenizer, gguf_cache_dir, load_base_model,
-                            load_tokenizer, smollm2_gguf, tiny_model, trainable_parameters)
+from methods.model_cache import gguf_cache_dir, smollm2_gguf
+from methods.models import (STACKED_ADAPTER, attach_adapters, byte_tokenizer, load_base_model,
+                            load_tokenizer, tiny_model, trainable_parameters)
 from tests.helpers import save_random_adapter
 
 
