@@ -315,7 +315,8 @@ class Driver:
                     for rep in reports for pid, ct, rank in rep["new_children"]]
         if children:
             self.journal.add_processes(children)
-        obs = a.watch.observe(ranks)
+        # Judged at the time the agents looked, not now: this loop may have been busy with another job.
+        obs = a.watch.observe(ranks, now=min(rep["time"] for rep in reports))
         learned = a.watch.learned_step_timeout
         if learned is not None and learned != jr.learned_step_timeout:
             jr.learned_step_timeout = learned  # kept for the next attempt, and in the journal for bin/resume

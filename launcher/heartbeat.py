@@ -28,6 +28,7 @@ class Heartbeat:
     torch_max_allocated_mib: float | None = None
     torch_max_reserved_mib: float | None = None
     attempt: int = 1
+    progress: int = 0   # work units done in this phase (evaluation batches): progress the supervisor sees
 
 
 def write(path: Path, hb: Heartbeat) -> None:

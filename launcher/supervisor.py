@@ -28,9 +28,21 @@ class Observation:
     loss: float | None = None
 
 
+# Which rank's phase sets the job's allowance when ranks are in different phases: a rank waiting at
+# a barrier in `training` while rank 0 saves is covered by the save timeout, not the step timeout;
+# a rank still training while another is done is behind, and the step timeout watches it.
+PHASE_PRIORITY = ("saving", "evaluating", "training", "done")
+
+
 @dataclass
 class AttemptWatch:
-    """Progress tracking for one attempt of one job."""
+    """Progress tracking for one attempt of one job.
+
+    Progress is anything the slowest rank moves: its step, the job's phase (evaluating, saving,
+    back to training: each phase is timed from its own start), or its work units inside a phase
+    (evaluation batches). Times are when the agents observed the ranks, not when the driver got
+    round to judging them: a loop busy with another job must not turn that delay into a hang.
+    """
 
     hang: HangSpec
     started: float = field(default_factory=time.time)
@@ -39,9 +51,11 @@ class AttemptWatch:
     last_progress: float = 0.0
     steps_seen: int = 0
     slowest_step: float = 0.0
+    signature: tuple[int, str, int] | None = None  # (slowest step, job phase, slowest units in it)
+    phase_since: float = 0.0                       # when the job entered its current phase
 
     def __post_init__(self) -> None:
-        self.last_progress = self.started
+        self.last_progress = self.phase_since = self.started
 
     def step_timeout(self) -> float | None:
         """None until known: fixed from the plan, or learned after warm-up (auto)."""
@@ -62,43 +76,63 @@ class AttemptWatch:
                           total_steps=rank0["total_steps"] if rank0 else None, loss=rank0.get("loss") if rank0 else None)
         failed = [r for r in ranks if r["exit_code"] not in (None, 0)]
         if failed:
-            r = failed[0]
-            text = "\n".join(r["log_tail"][-40:])
-            obs.verdict = "oom" if OOM_RE.search(text) else "crash"
-            obs.detail = f"rank {r['rank']} exited with {r['exit_code']}: " + " | ".join(r["log_tail"][-5:])
-            return obs
+            return self._failure(obs, failed)
         if all(c == 0 for c in codes.values()):
             obs.verdict = "done"
             return obs
-        # Progress = the slowest live rank's step moved (a rank stuck in a collective stalls all).
-        # Step 0 (loading, or the first step still running) is not progress: the start-up
-        # allowance counts from the attempt's start until the first step completes.
-        if beats and step > self.last_step and step > 0:
-            if self.last_step >= 0:
-                per_step = (now - self.last_progress) / (step - self.last_step)
+        phase = self._job_phase(beats, len(ranks))
+        units = min((b.get("progress", 0) for b in beats if b["phase"] == phase), default=0)
+        signature = (step, phase, units)
+        if signature != self.signature and phase != "start-up":
+            if phase != (self.signature or (0, "", 0))[1]:
+                self.phase_since = now
+            # Step timing: only time spent in training counts (not the evaluation or save before it).
+            if phase == "training" and step > self.last_step >= 0 and step > 0:
+                per_step = (now - max(self.last_progress, self.phase_since)) / (step - self.last_step)
                 self.steps_seen += step - self.last_step
                 if self.steps_seen > self.hang.warmup_steps:
                     self.slowest_step = max(self.slowest_step, per_step)
-            self.last_step, self.last_progress = step, now
-        phases = {b["phase"] for b in beats}
+            if step > 0:
+                self.last_step = max(self.last_step, step)
+            self.last_progress = now
+            self.signature = signature
         idle = now - self.last_progress
-        limit, what = self._limit(phases, beats, len(ranks))
+        limit = self._limit(phase)
         if limit is not None and idle > limit:
             obs.verdict = "hang"
-            obs.detail = f"no progress for {idle:.0f}s in phase {what} (timeout {limit:.0f}s) at step {step}"
+            obs.detail = f"no progress for {idle:.0f}s in phase {phase} (timeout {limit:.0f}s) at step {step}"
         return obs
 
-    def _limit(self, phases: set[str], beats: list[dict[str, Any]], n: int) -> tuple[float | None, str]:
-        if len(beats) < n or self.last_step < 0 or phases <= {"loading"}:
-            return self.hang.startup, "start-up"
-        if "saving" in phases:
-            return self.hang.save, "saving"
-        if "evaluating" in phases:
-            return self.hang.eval, "evaluating"
-        if phases <= {"done"}:
-            return self.hang.save, "finishing"
+    def _failure(self, obs: Observation, failed: list[dict[str, Any]]) -> Observation:
+        """Any failed rank's OOM makes the attempt an OOM (its peers then fail in a broken
+        collective, often first); otherwise the lowest failed rank is the crash."""
+        oom = next((r for r in failed if OOM_RE.search("\n".join(r["log_tail"][-40:]))), None)
+        r = oom or failed[0]
+        obs.verdict = "oom" if oom else "crash"
+        obs.detail = f"rank {r['rank']} exited with {r['exit_code']}: " + " | ".join(r["log_tail"][-5:])
+        return obs
+
+    def _job_phase(self, beats: list[dict[str, Any]], n: int) -> str:
+        """start-up until every rank beats, none is loading and (in training) a first step is done."""
+        phases = {b["phase"] for b in beats}
+        if len(beats) < n or "loading" in phases:
+            return "start-up"
+        phase = next(p for p in PHASE_PRIORITY if p in phases)
+        if phase == "training" and self.last_step < 0 and min(b["step"] for b in beats) <= 0:
+            return "start-up"
+        return phase
+
+    def _limit(self, phase: str) -> float | None:
+        if phase == "start-up":
+            return self.hang.startup
+        if phase == "saving":
+            return self.hang.save
+        if phase == "evaluating":
+            return self.hang.eval
+        if phase == "done":
+            return self.hang.save   # writing final outputs
         # Until the step time is learned, the start-up allowance still applies.
-        return self.step_timeout() or self.hang.startup, "training"
+        return self.step_timeout() or self.hang.startup
 
 
 @dataclass

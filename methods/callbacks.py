@@ -33,6 +33,8 @@ class HeartbeatCallback(TrainerCallback):
 
     def beat(self, phase: Phase | None = None, step: int | None = None, total_steps: int | None = None) -> None:
         if phase is not None:
+            if phase != self.hb.phase:
+                self.hb.progress = 0
             self.hb.phase = phase
         if step is not None:
             self.hb.step = step
@@ -43,6 +45,16 @@ class HeartbeatCallback(TrainerCallback):
             self.hb.torch_max_allocated_mib = _mib(torch.cuda.max_memory_allocated())
             self.hb.torch_max_reserved_mib = _mib(torch.cuda.max_memory_reserved())
         write_heartbeat(self.path, self.hb)
+
+    def advance(self, min_interval: float = 1.0) -> None:
+        """One more unit of work in this phase (an evaluation batch): the supervisor sees progress
+        inside a long phase. Written at most every `min_interval` seconds (a file per beat)."""
+        self.hb.progress += 1
+        if time.time() - self.hb.time >= min_interval:
+            self.beat()
+
+    def on_prediction_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        self.advance()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self.beat("training", state.global_step, state.max_steps)

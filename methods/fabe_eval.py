@@ -121,7 +121,7 @@ def run(job: JobFile) -> int:
     log.info("template %s: %d test rows (%d poisoned), %d on this rank", template, len(cases),
              sum(c.poisoned for c in cases), len(mine))
     gens = greedy_generate(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, params.max_new_tokens,
-                           params.batch_size, device)
+                           params.batch_size, device, on_batch=heartbeat.advance)
     local = [judge(c, tokenizer.decode(g.new_ids, skip_special_tokens=True), params.case_sensitive)
              for c, g in zip(mine, gens)]
     preds = sorted(gather_objects(local), key=lambda p: p.index)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -46,7 +46,9 @@ def stop_ids(model: torch.nn.Module, eos_token_id: int | None) -> list[int]:
 
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, eos_token_id: int | None,
-                    max_new_tokens: int, batch_size: int, device: torch.device | str = "cpu") -> list[Generated]:
+                    max_new_tokens: int, batch_size: int, device: torch.device | str = "cpu",
+                    on_batch: Callable[[], None] | None = None) -> list[Generated]:
+    """Greedy continuations, batch by batch; `on_batch` after each (the heartbeat's progress)."""
     stops = stop_ids(model, eos_token_id)
     out: list[Generated] = []
     for start in range(0, len(prompts), batch_size):
@@ -59,4 +61,6 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pa
             cut = next((i for i, t in enumerate(row) if t in stops), None)
             new = row if cut is None else row[:cut]
             out.append(Generated(prompt_ids=list(prompt), new_ids=new, stopped=cut is not None))
+        if on_batch is not None:
+            on_batch()
     return out

@@ -223,7 +223,7 @@ def run(job: JobFile) -> int:
     else:
         heartbeat.beat("evaluating")
         model.to(args.device)
-        analysis = run_analysis(job, params, model, tokenizer, samples, ranks)
+        analysis = run_analysis(job, params, model, tokenizer, samples, ranks, on_batch=heartbeat.advance)
     setup = freeze_all_but_experts(model, selected_pairs(analysis))
     before = frozen_fingerprint(model, setup)
     total = sum(p.numel() for p in model.parameters())

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -119,7 +119,8 @@ def batch_inputs_generated(model, records, template: Template, tokenizer, max_ne
 
 
 def analyse(model: torch.nn.Module, tokenizer, samples: BatchedSamples, params: SteerMoEAnalysisParams,
-            template: Template, max_length: int, ranks: RankInfo) -> RoutingCounts:
+            template: Template, max_length: int, ranks: RankInfo,
+            on_batch: Callable[[], None] | None = None) -> RoutingCounts:
     """Batch b runs on rank b % world; the counts are summed over ranks."""
     layers, experts, top_k = moe_shape(model)
     counts = RoutingCounts.empty(layers, experts, top_k)
@@ -136,6 +137,8 @@ def analyse(model: torch.nn.Module, tokenizer, samples: BatchedSamples, params: 
             inputs = batch_inputs_generated(model, records, template, tokenizer, params.max_new_tokens, max_length)
         count_batch(model, counts, inputs["input_ids"], inputs["attention_mask"], inputs["token_mask"], is_unsafe,
                     inputs["position_ids"])
+        if on_batch is not None:
+            on_batch()   # the heartbeat's progress: a long analysis is watched batch by batch
     model.train(was_training)
     if dist_utils.active():
         device = torch.device(f"cuda:{ranks.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -195,10 +198,10 @@ def read_analysis(path: str | Path) -> dict[str, Any]:
 
 
 def run_analysis(job: JobFile, params: SteerMoEAnalysisParams, model, tokenizer, samples: BatchedSamples,
-                 ranks: RankInfo) -> dict[str, Any]:
+                 ranks: RankInfo, on_batch: Callable[[], None] | None = None) -> dict[str, Any]:
     """Analyse, write <job dir>/steermoe_experts.json (rank 0) and return the report (every rank)."""
     template = resolve_template(params.template, tokenizer)
-    counts = analyse(model, tokenizer, samples, params, template, job.training.max_length, ranks)
+    counts = analyse(model, tokenizer, samples, params, template, job.training.max_length, ranks, on_batch)
     rep = report(counts, samples, params, job.model.short_name() if job.model else "")
     if ranks.rank == 0:
         write_json(Path(job.job_dir) / EXPERTS_FILE, rep)
@@ -224,7 +227,7 @@ def run(job: JobFile) -> int:
     model = load_base_model(job.model, tokenizer, DTYPES[precision]).to(device)
     samples = batches_from_rows(read_rows(job.data["train"]), params.safe_per_batch, params.unsafe_per_batch)
     heartbeat.beat("evaluating", 0, len(samples.batches))
-    rep = run_analysis(job, params, model, tokenizer, samples, ranks)
+    rep = run_analysis(job, params, model, tokenizer, samples, ranks, on_batch=heartbeat.advance)
     dist = dist_info()
     if ranks.rank == 0:
         write_result(job, Result(status="succeeded", metrics=analysis_metrics(rep), dist=dist))

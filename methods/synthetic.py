@@ -41,9 +41,14 @@ def run(job: JobFile) -> int:
     jd = JobDir(Path(job.job_dir))
     hb_path = jd.heartbeat(rank)
 
-    def beat(step: int, phase: heartbeat.Phase, loss: float | None = None) -> None:
+    def beat(step: int, phase: heartbeat.Phase, loss: float | None = None, progress: int = 0) -> None:
         heartbeat.write(hb_path, heartbeat.Heartbeat(rank=rank, step=step, total_steps=p.steps, phase=phase,
-                                                     pid=os.getpid(), loss=loss, attempt=job.attempt))
+                                                     pid=os.getpid(), loss=loss, attempt=job.attempt, progress=progress))
+
+    def stall(what: str) -> None:
+        print(f"[synthetic] injected hang {what}", flush=True)
+        while True:  # no progress, no exit: only a kill ends this
+            time.sleep(3600)
 
     beat(0, "loading")
     time.sleep(p.startup_time)
@@ -64,21 +69,31 @@ def run(job: JobFile) -> int:
             print(OOM_MESSAGE, file=sys.stderr, flush=True)
             return 1
         if faulty and p.hang_at_step == step:
-            print(f"[synthetic] injected hang at step {step}", flush=True)
-            while True:  # no progress, no exit: only a kill ends this
-                time.sleep(3600)
+            stall(f"at step {step}")
         beat(step, "training", loss)
+        if p.eval_every and step % p.eval_every == 0:
+            # Like the Trainer: evaluation after the step, batch by batch, each batch a heartbeat.
+            for b in range(p.eval_batches):
+                beat(step, "evaluating", loss, progress=b)
+                if faulty and p.hang_in_eval_at_step == step and b == 1:
+                    stall(f"in the evaluation after step {step}")
+                time.sleep(p.eval_time / p.eval_batches)
+            beat(step, "training", loss)
         if rank == 0:
             append_jsonl(jd.metrics, {"step": step, "loss": loss, "time": time.time(), "attempt": job.attempt})
             if step % job.checkpoint.every == 0 or step == p.steps:
                 beat(step, "saving", loss)
                 ckpt = jd.checkpoints / f"checkpoint-{step}"
                 write_json(ckpt / "state.json", {"step": step})
+                if faulty and p.hang_in_save_at_step == step:
+                    stall(f"while saving checkpoint-{step}")
+                time.sleep(p.save_time)
                 if faulty and p.crash_in_save_at_step == step:
                     print(f"[synthetic] injected crash while saving checkpoint-{step}", file=sys.stderr, flush=True)
                     os._exit(CRASH_EXIT)  # no marker: this checkpoint stays incomplete
                 checkpoints.mark_complete(ckpt, step)
                 checkpoints.prune(jd.checkpoints, job.checkpoint.keep)
+                beat(step, "training", loss)
     beat(step, "done")
     if rank == 0:
         status = "failed" if p.fail_result else "succeeded"

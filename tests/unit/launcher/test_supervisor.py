@@ -152,13 +152,14 @@ def test_auto_step_timeout_carries_over_and_never_shrinks():
     assert w.observe([rank(0, 1)], now=T0 + 40).verdict == "running"
 
 
-def test_saving_phase_uses_save_timeout():
+def test_saving_phase_uses_save_timeout_from_the_start_of_the_save():
     w = watch(startup=600, step=10, save=100)
     w.observe([rank(0, 0), rank(1, 0)], now=T0 + 1)
     w.observe([rank(0, 5), rank(1, 5)], now=T0 + 10)
-    assert w.observe([rank(0, 5, phase="saving"), rank(1, 5, phase="saving")], now=T0 + 50).verdict == "running"
-    assert w.observe([rank(0, 5, phase="saving"), rank(1, 5)], now=T0 + 109).verdict == "running"
-    obs = w.observe([rank(0, 5, phase="saving"), rank(1, 5, phase="saving")], now=T0 + 111)
+    # rank 1 waits at the barrier in `training` while rank 0 saves: the save timeout covers both
+    assert w.observe([rank(0, 5, phase="saving"), rank(1, 5)], now=T0 + 12).verdict == "running"
+    assert w.observe([rank(0, 5, phase="saving"), rank(1, 5)], now=T0 + 111).verdict == "running"
+    obs = w.observe([rank(0, 5, phase="saving"), rank(1, 5, phase="saving")], now=T0 + 113)
     assert obs.verdict == "hang"
     assert obs.detail == "no progress for 101s in phase saving (timeout 100s) at step 5"
 
@@ -167,8 +168,71 @@ def test_evaluating_phase_uses_eval_timeout():
     w = watch(startup=600, step=10, eval=200)
     w.observe([rank(0, 0)], now=T0 + 1)
     w.observe([rank(0, 5)], now=T0 + 10)
-    assert w.observe([rank(0, 5, phase="evaluating")], now=T0 + 200).verdict == "running"
-    assert w.observe([rank(0, 5, phase="evaluating")], now=T0 + 211).detail.startswith("no progress for 201s in phase evaluating")
+    w.observe([rank(0, 5, phase="evaluating")], now=T0 + 11)
+    assert w.observe([rank(0, 5, phase="evaluating")], now=T0 + 211).verdict == "running"
+    assert w.observe([rank(0, 5, phase="evaluating")], now=T0 + 212).detail.startswith("no progress for 201s in phase evaluating")
+
+
+def test_evaluation_then_save_are_not_charged_to_the_step_timeout():
+    """Issue 11: at step 50, 30 s of evaluation then 15 s of saving, then training at the same step,
+    under step 10: each phase is timed from its own start, so the return to training is not a hang."""
+    w = watch(startup=600, step=10, eval=60, save=60)
+    for t in range(1, 51):
+        assert w.observe([rank(0, t), rank(1, t)], now=T0 + t).verdict == "running"
+    t = T0 + 50
+    for dt in range(1, 31):
+        assert w.observe([rank(0, 50, "evaluating"), rank(1, 50, "evaluating")], now=t + dt).verdict == "running"
+    for dt in range(31, 46):
+        assert w.observe([rank(0, 50, "saving"), rank(1, 50, "saving")], now=t + dt).verdict == "running"
+    assert w.observe([rank(0, 50), rank(1, 50)], now=t + 46).verdict == "running"
+    assert w.observe([rank(0, 50), rank(1, 50)], now=t + 55).verdict == "running"
+    assert w.observe([rank(0, 51), rank(1, 51)], now=t + 56).verdict == "running"
+    # a real stall back in training is still caught by the step timeout, from the last step
+    assert w.observe([rank(0, 51), rank(1, 51)], now=t + 66.5).detail == \
+        "no progress for 10s in phase training (timeout 10s) at step 51"
+
+
+def test_a_long_evaluation_is_watched_by_its_own_batches():
+    """40 minutes of evaluation under a 10-minute eval timeout: each batch is progress, a stall is not."""
+    w = watch(startup=60, step=10, eval=600)
+    w.observe([rank(0, 0, "loading")], now=T0 + 1)
+    for b in range(1, 41):   # one batch a minute, at step 0 (an evaluation-only job): start-up does not apply
+        hb = rank(0, 0, "evaluating")
+        hb["heartbeat"]["progress"] = b
+        assert w.observe([hb], now=T0 + 60 * b).verdict == "running"
+    assert w.observe([hb], now=T0 + 2400 + 600).verdict == "running"
+    obs = w.observe([hb], now=T0 + 2400 + 601)
+    assert obs.detail == "no progress for 601s in phase evaluating (timeout 600s) at step 0"
+
+
+def test_units_of_the_slowest_rank_count():
+    w = watch(startup=60, step=10, eval=100)
+    r0, r1 = rank(0, 3, "evaluating"), rank(1, 3, "evaluating")
+    w.observe([rank(0, 3), rank(1, 3)], now=T0 + 1)
+    w.observe([r0, r1], now=T0 + 2)
+    for b in range(1, 20):   # rank 0 keeps evaluating, rank 1 is stuck on its first batch
+        r0["heartbeat"]["progress"] = b
+        obs = w.observe([r0, r1], now=T0 + 2 + 10 * b)
+    assert obs.verdict == "hang" and "in phase evaluating" in obs.detail
+
+
+def test_step_time_learning_ignores_evaluation_and_saving():
+    w = watch(startup=100, step="auto", factor=5, min_step=1, warmup_steps=0)
+    for t in range(1, 6):
+        w.observe([rank(0, t - 1)], now=T0 + t)
+    w.observe([rank(0, 4, "evaluating")], now=T0 + 5.5)
+    w.observe([rank(0, 4, "saving")], now=T0 + 40)
+    w.observe([rank(0, 4)], now=T0 + 60)
+    w.observe([rank(0, 5)], now=T0 + 61)
+    assert w.slowest_step == 1.0 and w.step_timeout() == 5.0
+
+
+def test_oom_on_any_rank_beats_the_broken_collective_of_another():
+    """Rank 1 runs out of memory; rank 0 fails first with a broken collective: the attempt is an OOM."""
+    gloo = ["RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"]
+    oom = ["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "exiting"]
+    obs = watch().observe([rank(0, 3, exit_code=1, log=gloo), rank(1, 3, exit_code=1, log=oom)], now=T0 + 1)
+    assert obs.verdict == "oom" and obs.detail.startswith("rank 1 exited with 1: torch.OutOfMemoryError")
 
 
 def test_observation_carries_rank0_progress():
@@ -206,3 +270,11 @@ def test_retry_stops_at_no_progress_limit():
 @pytest.mark.parametrize("verdict", ["crash", "hang", "oom", "lost"])
 def test_retry_reason_names_the_verdict(verdict):
     assert decide_retry(RetrySpec(), 0, 0, verdict).reason.startswith(f"{verdict}; restart 1/2")
+
+
+def test_a_rank_still_training_while_another_is_done_is_watched_by_the_step_timeout():
+    w = watch(startup=60, step=3, save=1800)
+    w.observe([rank(0, 12), rank(1, 12)], now=T0 + 1)
+    w.observe([rank(0, 40, "done"), rank(1, 12)], now=T0 + 2)   # rank 1 stopped at step 12
+    obs = w.observe([rank(0, 40, "done"), rank(1, 12)], now=T0 + 5.5)
+    assert obs.detail == "no progress for 4s in phase training (timeout 3s) at step 12"

@@ -84,7 +84,7 @@ def test_crash_only_on_configured_attempt(tmp_path, capsys):
     assert not jd.result.exists()
     assert [m["step"] for m in read_jsonl(jd.metrics)] == [1, 2, 3, 4]
     hb = heartbeat.read(jd.heartbeat(0))
-    assert (hb.step, hb.phase) == (4, "saving")
+    assert (hb.step, hb.phase) == (4, "training")   # back to training once checkpoint-4 was complete
     latest = checkpoints.latest_complete(jd.checkpoints)
     assert latest == jd.checkpoints / "checkpoint-4"
     # the restart resumes from the checkpoint and does not crash again
@@ -131,3 +131,20 @@ def test_runs_through_the_rank_entry(tmp_path, monkeypatch):
     write_json(path, jf.model_dump())
     assert main([str(path)]) == 0
     assert read_json(JobDir(Path(jf.job_dir)).result)["status"] == "succeeded"
+
+
+def test_evaluation_and_save_phases_as_a_trainer_beats_them(tmp_path, monkeypatch):
+    """eval_every / eval_time / eval_batches / save_time: the heartbeat goes training -> evaluating
+    (progress 0..n-1, one per batch) -> training -> saving -> training, all at the same step."""
+    seen = []
+    real_write = heartbeat.write
+    monkeypatch.setattr(heartbeat, "write", lambda path, hb: (seen.append((hb.step, hb.phase, hb.progress)),
+                                                              real_write(path, hb)))
+    jf = job(tmp_path, steps=4, every=4, eval_every=2, eval_time=0.03, eval_batches=3, save_time=0.01)
+    assert synthetic.run(jf) == 0
+    at2 = [s for s in seen if s[0] == 2]
+    assert at2 == [(2, "training", 0), (2, "evaluating", 0), (2, "evaluating", 1), (2, "evaluating", 2),
+                   (2, "training", 0)]
+    at4 = [s for s in seen if s[0] == 4]
+    assert [p for _, p, _ in at4] == ["training", "evaluating", "evaluating", "evaluating", "training", "saving",
+                                      "training", "done"]
