@@ -145,6 +145,16 @@ class PeakTracker:
             return True
         return False
 
+    def add_floor(self, key: tuple[str, int, str], host: str, backend: str, mib: float, t: float) -> bool:
+        """One process's own peak (its kernel high-water mark): the job's peak is at least that."""
+        p = self.rows.get(key)
+        if p is None:
+            p = self.rows[key] = PeakRow(key[0], host, backend, key[1], key[2], first_time=t, last_time=t)
+        if p.peak_mib is None or mib > p.peak_mib:
+            p.peak_mib, p.peak_time, p.peak_step = mib, t, None
+            return True
+        return False
+
     def add_torch(self, key: tuple[str, int, str], allocated: float | None, reserved: float | None) -> None:
         p = self.rows.get(key)
         if p is not None:

@@ -258,3 +258,21 @@ def test_real_ray_gauges_are_set_without_errors(tmp_path: Path) -> None:
     s.sample_once()
     assert s.stop()[0].peak_mib == 0.0 and s.errors == 0
     assert s.stop() == s.tracker.peaks()   # idempotent
+
+
+def test_a_rank_that_lived_between_two_samples_is_measured_at_its_exit(tmp_path: Path) -> None:
+    """The kernel's peak RSS of an exited rank is a floor under its GPU key's peak (host backend)."""
+    s = monitor.Sampler(tmp_path / "job", "n", ["0", "1"], lambda: [], backend="host", metrics=False, ranks=[4, 5])
+    s.sample_once()                     # the rank was not yet (or no longer) there: nothing measured
+    s.note_exit(5, 42.0)
+    s.note_exit(4, 7.5)
+    peaks = {p.gpu_index: p.peak_mib for p in s.stop()}
+    assert peaks == {"0": 7.5, "1": 42.0}
+    assert {p.gpu_index: p.peak_mib for p in monitor.read_peaks(s.jd.peak_mem_csv)} == peaks
+
+
+def test_exit_peaks_are_ignored_by_the_nvml_backend(tmp_path: Path) -> None:
+    s = monitor.Sampler(tmp_path / "job", "n", ["0"], lambda: [], backend="host", metrics=False, ranks=[0])
+    s.backend = "nvml"   # device memory: a process's RSS says nothing about it
+    s.note_exit(0, 42.0)
+    assert s.tracker.peaks() == []
