@@ -27,11 +27,18 @@ def new_run_id(plan: Plan) -> str:
     return f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def _secret_value(key: Any, value: Any) -> bool:
+    """A value to hide: under a secret-looking key, and not just a ${env:NAME} reference (a name is
+    no secret, and keeping it lets bin/resume take the secret from the environment again)."""
+    if not (isinstance(key, str) and SECRET_KEY_RE.search(key)) or value in (None, ""):
+        return False
+    return not (isinstance(value, str) and ENV_REF_RE.fullmatch(value.strip()))
+
+
 def redact(obj: Any) -> Any:
     """Replace values of secret-looking keys (HF_TOKEN, ...) anywhere in a nested structure."""
     if isinstance(obj, dict):
-        return {k: (REDACTED if isinstance(k, str) and SECRET_KEY_RE.search(k) and v not in (None, "") else redact(v))
-                for k, v in obj.items()}
+        return {k: (REDACTED if _secret_value(k, v) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
@@ -43,6 +50,9 @@ def job_env(job: Job, environ: dict[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
     out = {}
     for k, v in job.config.env.items():
+        if v == REDACTED:   # bin/resume of a plan that held the secret itself: the copy kept no value
+            raise KeyError(f"jobs.{job.base}.env.{k}: the run's plan.yaml keeps secrets redacted; write it as "
+                           f"\"${{env:{k}}}\" in the plan and set {k} in the environment, so every (re)start reads it")
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in environ:
                 raise KeyError(f"jobs.{job.base}.env.{k}: environment variable {m.group(1)} is not set")

@@ -156,3 +156,36 @@ def test_bin_kill_then_resume(runs: Path, tmp_path: Path) -> None:
     out = _cli("resume", run, "--runs-dir", str(runs))
     assert out.returncode == 0, out.stdout + out.stderr
     _check_recovered(runs, run, "killed")
+
+
+def test_secrets_reach_the_ranks_again_after_a_resume(runs: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 11: `${env:HF_TOKEN}` in the plan, driver SIGKILLed, bin/resume with the variable set:
+    the resumed ranks hold the token itself (they held `***`, read from the redacted plan copy), and
+    neither plan.yaml nor the journal holds it."""
+    secret = "hf_resume_" + os.urandom(4).hex()
+    monkeypatch.setenv("HF_TOKEN", secret)
+    plan = write_plan(tmp_path, f"""
+name: secrets
+jobs:
+  train:
+    method: synthetic
+    resources: {{nodes: 1, gpus_per_node: 1}}
+    params: {{steps: 80, step_time: 0.2}}
+    checkpoint: {{every: 5, keep: 2}}
+    env: {{HF_TOKEN: "${{env:HF_TOKEN}}"}}
+    hang: {{startup: 60, step: 5}}
+""")
+    run = start_detached(plan, runs)
+    st = wait_for(runs, run, _at_step(6), what="step 6")
+    assert psutil.Process(_rank_pid(st, 0)).environ()["HF_TOKEN"] == secret
+    os.kill(driver_pid(runs, run), signal.SIGKILL)
+    wait_driver_gone(runs, run)
+    out = _cli("resume", run, "--runs-dir", str(runs), "--detach")
+    assert out.returncode == 0, out.stdout + out.stderr
+    st = wait_for(runs, run, lambda s: len(job(s, "train")["attempts"]) >= 2 and _at_step(12)(s), what="attempt 2")
+    assert psutil.Process(_rank_pid(st, 0)).environ()["HF_TOKEN"] == secret
+    rd = Path(st["dir"])
+    assert secret not in (rd / "plan.yaml").read_text()
+    assert all(secret.encode() not in p.read_bytes() for p in rd.glob("run.db*"))   # the journal and its WAL
+    _cli("kill", run, "--runs-dir", str(runs))
+    wait_driver_gone(runs, run)

@@ -91,7 +91,8 @@ def test_create_writes_plan_without_secrets_and_refuses_existing(load, tmp_path)
     recorded = yaml.safe_load(text)
     assert recorded["jobs"]["up"]["env"]["HF_TOKEN"] == "***"
     assert recorded["jobs"]["sft"]["env"] == {"WANDB_API_KEY": "***", "MODE": "fast-${env:MODE_SUFFIX}", "PLAIN": "x"}
-    assert recorded["defaults"]["env"]["HF_TOKEN"] == "***"
+    # a reference names a variable, holds no secret: kept, so bin/resume resolves it again
+    assert recorded["defaults"]["env"]["HF_TOKEN"] == "${env:HF_TOKEN}"
     assert recorded["jobs"]["up"]["params"] == {"steps": 3}
     assert plan.raw["jobs"]["up"]["env"]["HF_TOKEN"] == SECRET      # the in-memory plan keeps the value
     with pytest.raises(FileExistsError):
@@ -159,3 +160,27 @@ def test_recorded_plan_reloads_for_resume(load, tmp_path):
     assert job.method_params["max_new_tokens"] == 64
     assert job.config.model.tokenizer == str(tok)
     assert job.config.env == {"HF_TOKEN": "***"}
+
+
+def test_env_references_survive_redaction_and_resume_reads_the_environment(load, tmp_path):
+    """Issue 11: after bin/resume the ranks got HF_TOKEN=***. A ${env:NAME} reference is kept in
+    plan.yaml (a name, no secret), so a resume resolves it from its own environment again."""
+    from launcher.plan import load_plan
+    (tmp_path / "eval.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    plan = load("""
+        jobs:
+          hs:
+            method: eval_hs
+            model: {tiny: llama}
+            data: {eval: eval.jsonl}
+            env: {HF_TOKEN: "${env:HF_TOKEN}", WANDB_API_KEY: literal-key}
+    """)
+    rd = rundir.create(plan, tmp_path / "runs", "run-s")
+    text = rd.plan.read_text()
+    assert "literal-key" not in text and "${env:HF_TOKEN}" in text
+    again = load_plan(rd.plan, base_dir=tmp_path).jobs["hs"]
+    again.config.env.pop("WANDB_API_KEY")
+    assert rundir.job_env(again, {"HF_TOKEN": "hf_resumed"}) == {"HF_TOKEN": "hf_resumed"}
+    # A literal secret cannot come back from a redacted copy: a clear error, not "***" in the ranks.
+    with pytest.raises(KeyError, match=r'jobs.hs.env.WANDB_API_KEY: .* write it as "\$\{env:WANDB_API_KEY\}"'):
+        rundir.job_env(load_plan(rd.plan, base_dir=tmp_path).jobs["hs"], {"HF_TOKEN": "hf_resumed"})
