@@ -19,7 +19,7 @@ import subprocess
 import psutil
 from rich.console import Console
 
-from launcher import procs, rundir, status
+from launcher import driver_lock, procs, rundir, status
 from launcher.cluster import ClusterOptions, planned_local_shape, shape_from_ray, start
 from launcher.control import request_kill
 from launcher.dsconfig import zero_stage
@@ -172,6 +172,7 @@ def launch_main(argv: list[str] | None = None) -> int:
 
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     rd = rundir.create(plan, args.runs_dir, args.run_id)
+    driver_lock.acquire(rd.driver_lock)   # a fresh run directory: nobody else can hold it
     _setup_logging(rd.driver_log)
     journal = Journal(rd.db)
     me = psutil.Process()
@@ -191,6 +192,16 @@ def resume_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rd = open_run(args)
     if rd is None:
+        return 2
+    # One driver per run: the lock is taken before anything is looked at or swept, and kept.
+    try:
+        if args.detach:
+            if driver_lock.is_held(rd.driver_lock):
+                raise driver_lock.RunLocked(f"another driver holds {rd.driver_lock}")
+        else:
+            driver_lock.acquire(rd.driver_lock)
+    except driver_lock.RunLocked as e:
+        print(f"run {rd.root.name}: {e}; it is being driven (bin/status shows it; bin/kill stops it)", file=sys.stderr)
         return 2
     journal = Journal(rd.db)
     driver = DriverInfo.of(journal)

@@ -83,6 +83,10 @@ class RunDir:
     def driver_log(self) -> Path:
         return self.root / "driver.log"
 
+    @property
+    def driver_lock(self) -> Path:
+        return self.root / "driver.lock"
+
     def job(self, name: str) -> JobDir:
         return JobDir(self.root / "jobs" / name)
 

@@ -189,3 +189,21 @@ jobs:
     assert all(secret.encode() not in p.read_bytes() for p in rd.glob("run.db*"))   # the journal and its WAL
     _cli("kill", run, "--runs-dir", str(runs))
     wait_driver_gone(runs, run)
+
+
+def test_two_resumes_at_once_one_drives(runs: Path, tmp_path: Path) -> None:
+    """Issue 11: two `bin/resume` of one dead-driver run started together: the driver lock lets one
+    drive it; the other is refused at once, before it sweeps or starts anything."""
+    run = start_detached(write_plan(tmp_path, plan_text()), runs)
+    wait_for(runs, run, _at_step(12), what="step 12")
+    os.kill(driver_pid(runs, run), signal.SIGKILL)
+    wait_driver_gone(runs, run)
+    argv = [sys.executable, "-m", "launcher", "resume", run, "--runs-dir", str(runs)]
+    both = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in both]
+    codes = sorted(p.returncode for p in both)
+    assert codes == [0, 2], outs
+    refused = next(err for p, (_, err) in zip(both, outs) if p.returncode == 2)
+    assert "another driver holds" in refused and "driver.lock" in refused
+    st = _check_recovered(runs, run, "lost")
+    assert [a["n"] for a in job(st, "train")["attempts"]] == [1, 2]   # one driver: no attempt started twice
