@@ -164,16 +164,16 @@ def test_secrets_reach_the_ranks_again_after_a_resume(runs: Path, tmp_path: Path
     neither plan.yaml nor the journal holds it."""
     secret = "hf_resume_" + os.urandom(4).hex()
     monkeypatch.setenv("HF_TOKEN", secret)
-    plan = write_plan(tmp_path, f"""
+    plan = write_plan(tmp_path, """
 name: secrets
 jobs:
   train:
     method: synthetic
-    resources: {{nodes: 1, gpus_per_node: 1}}
-    params: {{steps: 80, step_time: 0.2}}
-    checkpoint: {{every: 5, keep: 2}}
-    env: {{HF_TOKEN: "${{env:HF_TOKEN}}"}}
-    hang: {{startup: 60, step: 5}}
+    resources: {nodes: 1, gpus_per_node: 1}
+    params: {steps: 80, step_time: 0.2}
+    checkpoint: {every: 5, keep: 2}
+    env: {HF_TOKEN: "${env:HF_TOKEN}"}
+    hang: {startup: 60, step: 5}
 """)
     run = start_detached(plan, runs)
     st = wait_for(runs, run, _at_step(6), what="step 6")
