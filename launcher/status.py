@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from launcher import driver_lock
 from launcher.journal import Journal
 from launcher.layout import RunDir
 
@@ -85,9 +86,23 @@ def collect(rd: RunDir) -> dict[str, Any]:
                 "heartbeat_time": row["heartbeat_time"], "attempts": att,
             })
         return {"run": run["run_id"], "dir": str(rd.root), "state": run["state"], "created": run["created"],
-                "ended": run["ended"], "plan": run["plan_file"], "jobs": jobs}
+                "ended": run["ended"], "plan": run["plan_file"], "driver": driver_state(rd, run["state"]), "jobs": jobs}
     finally:
         j.close()
+
+
+def driver_state(rd: RunDir, state: str) -> str | None:
+    """For a run the journal calls running: "alive" while a driver holds its lock, "gone" when none
+    does (SIGKILLed, its machine rebooted: only bin/resume continues it). None otherwise, and for
+    runs older than the lock."""
+    if state not in ("running", "pending") or not rd.driver_lock.exists():
+        return None
+    return "alive" if driver_lock.is_held(rd.driver_lock) else "gone"
+
+
+def is_over(st: dict[str, Any]) -> bool:
+    """Nothing more will happen to this run without a person: it ended, or its driver is gone."""
+    return st["state"] not in ("running", "pending") or st.get("driver") == "gone"
 
 
 def _placement(att: dict[str, Any] | None) -> tuple[str, str]:
@@ -130,7 +145,9 @@ def shown_jobs(jobs: list[dict[str, Any]], all_jobs: bool = False) -> tuple[list
 
 def table(st: dict[str, Any], all_jobs: bool = False) -> Table:
     took = (st["ended"] or time.time()) - st["created"]
-    t = Table(title=f"run {st['run']}  [{st['state']}]  {took:.0f}s", title_justify="left")
+    state = st["state"] + (f", driver gone: bin/resume {st['run']}" if st.get("driver") == "gone" else "")
+    # Text, not a str: rich would read "[running]" as markup and drop it.
+    t = Table(title=Text(f"run {st['run']}  [{state}]  {took:.0f}s"), title_justify="left")
     for col in ("job", "method", "state", "attempt", "step", "loss", "steps/s", "ETA", "node", "GPUs", "restarts", "note"):
         t.add_column(col, no_wrap=col not in ("note",))
     jobs, folded = shown_jobs(st["jobs"], all_jobs)
@@ -164,6 +181,6 @@ def watch(rd: RunDir, interval: float = 2.0, all_jobs: bool = False) -> None:
         while True:
             st = collect(rd)
             live.update(table(st, all_jobs))
-            if st["state"] not in ("running", "pending"):
+            if is_over(st):
                 return
             time.sleep(interval)

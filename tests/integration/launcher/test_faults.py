@@ -139,6 +139,12 @@ def test_sigkill_driver_then_resume(runs: Path, tmp_path: Path) -> None:
     wait_for(runs, run, _at_step(12), what="step 12")
     os.kill(driver_pid(runs, run), signal.SIGKILL)
     wait_driver_gone(runs, run)
+    # Nothing moves until someone resumes it: status says so, and --watch / logs -f return.
+    st = status(runs, run)
+    assert st["state"] == "running" and st["driver"] == "gone"
+    assert f"driver gone: bin/resume {run}" in _cli("status", run, "--runs-dir", str(runs)).stdout
+    assert _cli("status", run, "--runs-dir", str(runs), "--watch", timeout=30).returncode == 0
+    assert _cli("logs", run, "train", "--runs-dir", str(runs), "-f", timeout=30).returncode == 0
     out = _cli("resume", run, "--runs-dir", str(runs))
     assert out.returncode == 0, out.stdout + out.stderr
     _check_recovered(runs, run, "lost")
