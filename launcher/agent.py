@@ -117,10 +117,7 @@ class NodeAgent:
     def poll(self) -> dict[str, Any]:
         ranks, new = [], []
         for rank, (proc, owned) in self.children.items():
-            ended = procs.poll_exit(proc)
-            if ended is not None and getattr(self, "monitor", None) is not None:
-                self.monitor.note_exit(rank, ended.max_rss_mib)
-            code = proc.returncode
+            code = proc.poll()
             if code is None:
                 for d in procs.descendants(owned, self.run_id):
                     if d.pid not in self.known:

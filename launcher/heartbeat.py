@@ -29,6 +29,21 @@ class Heartbeat:
     torch_max_reserved_mib: float | None = None
     attempt: int = 1
     progress: int = 0   # work units done in this phase (evaluation batches): progress the supervisor sees
+    rss_hwm_mib: float | None = None   # the rank's own peak resident memory so far (VmHWM)
+
+
+def own_peak_rss_mib() -> float | None:
+    """This process's peak resident memory since its exec (VmHWM): the host monitor's floor for a
+    rank that lived between two of its samples. getrusage's ru_maxrss would not do: it keeps the
+    forking parent's size from before the exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)   # kB
+    except OSError:
+        pass
+    return None
 
 
 def write(path: Path, hb: Heartbeat) -> None:

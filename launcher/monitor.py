@@ -53,7 +53,7 @@ from launcher.layout import JobDir
 from launcher.memfiles import (PEAK_COLUMNS, RUN_PEAK_COLUMNS, SAMPLE_COLUMNS, CsvAppender, PeakRow,  # noqa: F401
                                PeakTracker, SampleRow, build_run_peaks, job_peaks, peaks_from_samples, read_csv,
                                read_peaks, read_samples, write_peaks, write_run_peaks)
-from launcher.memprobe import HOST_KEY, GpuSample, ProcRef, open_probe
+from launcher.memprobe import GpuSample, ProcRef, open_probe
 
 log = logging.getLogger("launcher.monitor")
 DEFAULT_INTERVAL = 0.5   # s: catches a one-second spike with two samples
@@ -214,6 +214,11 @@ class Sampler:
                 if gpu is not None:
                     self.tracker.add_torch((self.node, self.attempt, gpu), hb.torch_max_allocated_mib,
                                            hb.torch_max_reserved_mib)
+                    # The rank's own peak RSS is a floor under what the host backend measures: a rank
+                    # that lived between two samples is still measured (by its last heartbeat).
+                    if self.backend == "host" and hb.rss_hwm_mib:
+                        self._peaks_dirty |= self.tracker.add_floor((self.node, self.attempt, gpu), self.host,
+                                                                    self.backend, hb.rss_hwm_mib, t)
             self.samples += 1
             if self._peaks_dirty and t - self._peaks_written >= self.peaks_every:
                 self._write_peaks()
@@ -224,18 +229,6 @@ class Sampler:
                 self._set_gauge(0, r.gpu_index, cur)
                 self._set_gauge(1, r.gpu_index, peak)
         return rows
-
-    def note_exit(self, rank: int, max_rss_mib: float) -> None:
-        """A rank's own peak RSS, from the kernel when it exited: a floor under the job's peak on
-        its GPU key, so a rank that lived between two samples is still measured. Host backend
-        only (NVML counts device memory, which RSS says nothing about)."""
-        if self.backend != "host":
-            return
-        gpu = self._rank_gpu.get(rank) or (self.gpus[0] if len(self.gpus) == 1 else HOST_KEY)
-        t = self._clock()
-        with self._lock:
-            self._peaks_dirty |= self.tracker.add_floor((self.node, self.attempt, gpu), self.host, self.backend,
-                                                        max_rss_mib, t)
 
     def _write_peaks(self) -> None:
         mine = self.tracker.peaks()

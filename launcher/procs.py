@@ -90,28 +90,6 @@ def spawn(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> tu
     return proc, Owned(proc.pid, ct)
 
 
-@dataclass(frozen=True)
-class Exit:
-    code: int              # as Popen.returncode: negative for a signal
-    max_rss_mib: float     # the kernel's high-water mark of the process's resident memory
-
-
-def poll_exit(proc: subprocess.Popen) -> Exit | None:
-    """Popen.poll() that also returns the child's peak RSS (wait4's rusage): a rank that lived
-    shorter than the monitor's sampling interval is still measured. None while it runs."""
-    if proc.returncode is not None:
-        return None   # reaped earlier (by us, or by Popen itself)
-    try:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-    except ChildProcessError:   # reaped elsewhere: no rusage to be had
-        proc.poll()
-        return None
-    if pid == 0:
-        return None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Exit(proc.returncode, round(usage.ru_maxrss / 1024, 1))   # Linux reports KiB
-
-
 def descendants(root: Owned, run_id: str) -> list[Owned]:
     p = root.process(run_id)
     if p is None:

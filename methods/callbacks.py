@@ -13,7 +13,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from launcher import checkpoints as ckpt
 from launcher.atomic import append_jsonl
-from launcher.heartbeat import Heartbeat, Phase, write as write_heartbeat
+from launcher.heartbeat import Heartbeat, Phase, own_peak_rss_mib, write as write_heartbeat
 
 
 def _mib(n: int) -> float:
@@ -41,6 +41,7 @@ class HeartbeatCallback(TrainerCallback):
         if total_steps is not None:
             self.hb.total_steps = total_steps
         self.hb.time = time.time()
+        self.hb.rss_hwm_mib = own_peak_rss_mib()
         if torch.cuda.is_available():
             self.hb.torch_max_allocated_mib = _mib(torch.cuda.max_memory_allocated())
             self.hb.torch_max_reserved_mib = _mib(torch.cuda.max_memory_reserved())

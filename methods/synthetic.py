@@ -43,7 +43,8 @@ def run(job: JobFile) -> int:
 
     def beat(step: int, phase: heartbeat.Phase, loss: float | None = None, progress: int = 0) -> None:
         heartbeat.write(hb_path, heartbeat.Heartbeat(rank=rank, step=step, total_steps=p.steps, phase=phase,
-                                                     pid=os.getpid(), loss=loss, attempt=job.attempt, progress=progress))
+                                                     pid=os.getpid(), loss=loss, attempt=job.attempt, progress=progress,
+                                                     rss_hwm_mib=heartbeat.own_peak_rss_mib()))
 
     def stall(what: str) -> None:
         print(f"[synthetic] injected hang {what}", flush=True)

@@ -260,19 +260,27 @@ def test_real_ray_gauges_are_set_without_errors(tmp_path: Path) -> None:
     assert s.stop() == s.tracker.peaks()   # idempotent
 
 
-def test_a_rank_that_lived_between_two_samples_is_measured_at_its_exit(tmp_path: Path) -> None:
-    """The kernel's peak RSS of an exited rank is a floor under its GPU key's peak (host backend)."""
-    s = monitor.Sampler(tmp_path / "job", "n", ["0", "1"], lambda: [], backend="host", metrics=False, ranks=[4, 5])
-    s.sample_once()                     # the rank was not yet (or no longer) there: nothing measured
-    s.note_exit(5, 42.0)
-    s.note_exit(4, 7.5)
-    peaks = {p.gpu_index: p.peak_mib for p in s.stop()}
+def test_a_rank_that_lived_between_two_samples_is_measured_by_its_heartbeat(tmp_path: Path) -> None:
+    """The host backend folds each rank's own peak RSS (VmHWM, from its heartbeat) in as a floor: a
+    rank that came and went between two samples still has its peak (CI once saw 1.1 MiB, the
+    size of a process caught in exec)."""
+    jd = JobDir(tmp_path / "job")
+    s = monitor.Sampler(jd.root, "n", ["0", "1"], lambda: [], backend="host", metrics=False, ranks=[4, 5], attempt=2)
+    s.sample_once()   # the ranks are not there (yet, or any more): nothing measured
+    for rank, hwm in ((4, 7.5), (5, 42.0)):
+        heartbeat.write(jd.heartbeat(rank), heartbeat.Heartbeat(rank=rank, step=3, total_steps=3, phase="done",
+                                                                attempt=2, rss_hwm_mib=hwm))
+    heartbeat.write(jd.heartbeat(6), heartbeat.Heartbeat(rank=6, step=3, total_steps=3, phase="done", attempt=2,
+                                                         rss_hwm_mib=900.0))   # not a rank of this agent
+    peaks = {p.gpu_index: p.peak_mib for p in s.stop()}   # stop() takes the last sample
     assert peaks == {"0": 7.5, "1": 42.0}
-    assert {p.gpu_index: p.peak_mib for p in monitor.read_peaks(s.jd.peak_mem_csv)} == peaks
+    assert {p.gpu_index: p.peak_mib for p in monitor.read_peaks(jd.peak_mem_csv)} == peaks
 
 
-def test_exit_peaks_are_ignored_by_the_nvml_backend(tmp_path: Path) -> None:
-    s = monitor.Sampler(tmp_path / "job", "n", ["0"], lambda: [], backend="host", metrics=False, ranks=[0])
-    s.backend = "nvml"   # device memory: a process's RSS says nothing about it
-    s.note_exit(0, 42.0)
-    assert s.tracker.peaks() == []
+def test_own_peak_rss_is_the_process_after_its_exec_not_its_forking_parent() -> None:
+    code = "from launcher.heartbeat import own_peak_rss_mib; print(own_peak_rss_mib())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[3])
+    child = float(out.stdout)
+    mine = heartbeat.own_peak_rss_mib()
+    assert 5 < child < 100 and mine is not None and mine >= psutil.Process().memory_info().rss / 2**20 - 1
