@@ -322,7 +322,7 @@ def logs_main(argv: list[str] | None = None) -> int:
 def _job_over(rd: RunDir, job: str) -> bool:
     st = status.collect(rd)
     return any(j["name"] == job and j["state"] in ("succeeded", "failed", "skipped", "killed") for j in st["jobs"]) \
-        or st["state"] != "running" or status.is_over(st)
+        or st["state"] != "running" or st["driver"] == "gone"
 
 
 def status_main(argv: list[str] | None = None) -> int:

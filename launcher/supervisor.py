@@ -52,10 +52,9 @@ class AttemptWatch:
     steps_seen: int = 0
     slowest_step: float = 0.0
     signature: tuple[int, str, int] | None = None  # (slowest step, job phase, slowest units in it)
-    phase_since: float = 0.0                       # when the job entered its current phase
 
     def __post_init__(self) -> None:
-        self.last_progress = self.phase_since = self.started
+        self.last_progress = self.started
 
     def step_timeout(self) -> float | None:
         """None until known: fixed from the plan, or learned after warm-up (auto)."""
@@ -84,11 +83,10 @@ class AttemptWatch:
         units = min((b.get("progress", 0) for b in beats if b["phase"] == phase), default=0)
         signature = (step, phase, units)
         if signature != self.signature and phase != "start-up":
-            if phase != (self.signature or (0, "", 0))[1]:
-                self.phase_since = now
-            # Step timing: only time spent in training counts (not the evaluation or save before it).
+            # Step timing: only time spent in training counts; entering training (after an evaluation
+            # or a save) was progress itself, so the clock restarted there.
             if phase == "training" and step > self.last_step >= 0 and step > 0:
-                per_step = (now - max(self.last_progress, self.phase_since)) / (step - self.last_step)
+                per_step = (now - self.last_progress) / (step - self.last_step)
                 self.steps_seen += step - self.last_step
                 if self.steps_seen > self.hang.warmup_steps:
                     self.slowest_step = max(self.slowest_step, per_step)
