@@ -30,7 +30,7 @@ from launcher.layout import RunDir
 from launcher.plan import Job, Plan
 from launcher.raymetrics import ProgressMetrics
 from launcher.resources import ClusterShape
-from launcher.supervisor import AttemptWatch, Observation, decide_retry
+from launcher.supervisor import AttemptWatch, Observation, decide_retry, smaller_micro_batch
 
 log = logging.getLogger("launcher")
 POLL_S = 0.25
@@ -444,12 +444,13 @@ class Driver:
         self._say(d.reason, name)
 
     def _halve_batch(self, jr: JobRun) -> None:
-        """OOM: half the micro-batch, twice the accumulation: the effective batch is unchanged."""
+        """OOM: a smaller micro-batch, more accumulation: the effective batch is unchanged."""
         t = jr.job.config.training
-        if t.batch_size < 2:
+        smaller = smaller_micro_batch(t.batch_size, t.grad_accum)
+        if smaller is None:
             return
         before = (t.batch_size, t.grad_accum)
-        t.batch_size, t.grad_accum = t.batch_size // 2, t.grad_accum * 2
+        t.batch_size, t.grad_accum = smaller
         if jr.job.ds_config is not None:
             jr.job.ds_config = dsconfig.resolve({**jr.job.ds_config, "train_micro_batch_size_per_gpu": "auto",
                                                  "gradient_accumulation_steps": "auto", "train_batch_size": "auto"},

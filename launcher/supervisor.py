@@ -149,3 +149,13 @@ def decide_retry(retry: RetrySpec, restarts_so_far: int, restarts_without_progre
                                        f"(retry.no_progress_limit): not looping")
     delay = min(retry.backoff * (2 ** restarts_so_far), retry.backoff_max)
     return RetryDecision(True, delay, f"{verdict}; restart {restarts_so_far + 1}/{retry.max_restarts} in {delay:.0f}s")
+
+
+def smaller_micro_batch(batch_size: int, grad_accum: int) -> tuple[int, int] | None:
+    """After an OOM: the largest micro-batch of at most half the current one that divides it, with
+    the accumulation that keeps the effective batch (micro-batch x accumulation) exactly the same.
+    3 x 1 becomes 1 x 3 (1 x 2 would train on a smaller batch); None when it is already 1."""
+    for smaller in range(batch_size // 2, 0, -1):
+        if batch_size % smaller == 0:
+            return smaller, grad_accum * (batch_size // smaller)
+    return None

@@ -9,7 +9,7 @@ import pytest
 from launcher.agent import RankStatus
 from launcher.heartbeat import Heartbeat
 from launcher.spec import HangSpec, RetrySpec
-from launcher.supervisor import AttemptWatch, decide_retry
+from launcher.supervisor import AttemptWatch, decide_retry, smaller_micro_batch
 
 T0 = 1000.0
 
@@ -278,3 +278,12 @@ def test_a_rank_still_training_while_another_is_done_is_watched_by_the_step_time
     w.observe([rank(0, 40, "done"), rank(1, 12)], now=T0 + 2)   # rank 1 stopped at step 12
     obs = w.observe([rank(0, 40, "done"), rank(1, 12)], now=T0 + 5.5)
     assert obs.detail == "no progress for 4s in phase training (timeout 3s) at step 12"
+
+
+@pytest.mark.parametrize("before,after", [((4, 1), (2, 2)), ((8, 2), (4, 4)), ((6, 1), (3, 2)), ((3, 1), (1, 3)),
+                                          ((5, 2), (1, 10)), ((9, 1), (3, 3)), ((2, 4), (1, 8)), ((1, 4), None)])
+def test_oom_micro_batch_keeps_the_effective_batch(before, after):
+    got = smaller_micro_batch(*before)
+    assert got == after
+    if got is not None:
+        assert got[0] * got[1] == before[0] * before[1] and got[0] <= before[0] // 2
