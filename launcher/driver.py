@@ -7,7 +7,6 @@ Only this process writes run.db.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import signal
@@ -25,7 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from launcher import checkpoints, control, dsconfig, monitor, rundir, scheduler
 from launcher.agent import RemoteAgent, sweep_node
 from launcher.atomic import read_json
-from launcher.journal import Journal, ProcessRecord
+from launcher.journal import Decision, Journal, ProcessRecord
 from launcher.layout import RunDir
 from launcher.plan import Job, Plan
 from launcher.raymetrics import ProgressMetrics
@@ -88,7 +87,6 @@ class Driver:
         """Continue a run from its journal (bin/resume): finished jobs stay finished; the rest start
         again from their newest complete checkpoint, attempt numbers going on from the last one."""
         rows = {r["name"]: r for r in self.journal.jobs()}
-        learned = {e["job"]: json.loads(e["data"])["step_timeout"] for e in self.journal.events() if e["kind"] == "learned"}
         for name, jr in self.jobs.items():
             row = rows.get(name)
             if row is None:
@@ -103,7 +101,13 @@ class Driver:
                                              detail="the driver stopped while this attempt ran")
             jr.attempts = max((a["n"] for a in self.journal.attempts(name)), default=0)
             jr.last_ckpt_step = max((c["step"] for c in self.journal.checkpoints(name) if c["complete"]), default=-1)
-            jr.learned_step_timeout = learned.get(name)
+            for d in self.journal.decisions(name):   # replayed in order: the last micro-batch wins
+                if d.kind == "micro_batch":
+                    self._set_micro_batch(jr, d.data["batch_size"], d.data["grad_accum"])
+                elif d.kind == "bad_checkpoint":
+                    jr.bad_checkpoints.add(Path(d.data["path"]))
+                elif d.kind == "step_timeout":
+                    jr.learned_step_timeout = max(d.data["seconds"], jr.learned_step_timeout or 0.0)
 
     # ------------------------------------------------------------------ main loop
 
@@ -242,7 +246,7 @@ class Driver:
         job, r = jr.job, jr.job.config.resources
         resume, rejected = checkpoints.newest_usable(self.rd.job(job.name).checkpoints, jr.bad_checkpoints)
         for path, why in rejected:
-            jr.bad_checkpoints.add(path)
+            self._bad_checkpoint(jr, path)
             self._say(f"checkpoint {path.name} is unusable ({why}); falling back to an older one", job.name,
                       kind="checkpoint")
         a.resumed_from = str(resume) if resume else None
@@ -320,6 +324,7 @@ class Driver:
         learned = a.watch.learned_step_timeout
         if learned is not None and learned != jr.learned_step_timeout:
             jr.learned_step_timeout = learned  # kept for the next attempt, and in the journal for bin/resume
+            self.journal.record_decision(Decision(jr.job.name, "step_timeout", {"seconds": learned}))
             self.journal.event("learned", f"step timeout learned: {learned:.1f}s", job=jr.job.name, step_timeout=learned)
         self._record_progress(jr, obs)
         if obs.verdict == "running":
@@ -431,7 +436,7 @@ class Driver:
         if (obs.verdict == "crash" and a.resumed_from and obs.step <= a.start_step
                 and CHECKPOINT_ERROR_RE.search(obs.detail)):
             # Died loading the checkpoint it resumed from: the next attempt takes the one before it.
-            jr.bad_checkpoints.add(Path(a.resumed_from))
+            self._bad_checkpoint(jr, Path(a.resumed_from))
             self._say(f"{Path(a.resumed_from).name} failed to load; the next attempt falls back", name, kind="checkpoint")
         d = decide_retry(jr.job.config.retry, jr.attempts - 1, jr.restarts_without_progress, obs.verdict)
         if d.retry:
@@ -450,14 +455,26 @@ class Driver:
         if smaller is None:
             return
         before = (t.batch_size, t.grad_accum)
-        t.batch_size, t.grad_accum = smaller
+        self._set_micro_batch(jr, *smaller)
+        self.journal.record_decision(Decision(jr.job.name, "micro_batch", {"batch_size": t.batch_size,
+                                                                            "grad_accum": t.grad_accum}))
+        jr.changes = {"batch_size": [before[0], t.batch_size], "grad_accum": [before[1], t.grad_accum]}
+        self._say(f"OOM: batch {before[0]}x{before[1]} -> {t.batch_size}x{t.grad_accum} (effective batch kept)",
+                  jr.job.name, kind="change")
+
+    @staticmethod
+    def _set_micro_batch(jr: JobRun, batch_size: int, grad_accum: int) -> None:
+        t = jr.job.config.training
+        t.batch_size, t.grad_accum = batch_size, grad_accum
         if jr.job.ds_config is not None:
             jr.job.ds_config = dsconfig.resolve({**jr.job.ds_config, "train_micro_batch_size_per_gpu": "auto",
                                                  "gradient_accumulation_steps": "auto", "train_batch_size": "auto"},
                                                 t, jr.job.config.resources.world_size)
-        jr.changes = {"batch_size": [before[0], t.batch_size], "grad_accum": [before[1], t.grad_accum]}
-        self._say(f"OOM: batch {before[0]}x{before[1]} -> {t.batch_size}x{t.grad_accum} (effective batch kept)",
-                  jr.job.name, kind="change")
+
+    def _bad_checkpoint(self, jr: JobRun, path: Path) -> None:
+        if path not in jr.bad_checkpoints:
+            jr.bad_checkpoints.add(path)
+            self.journal.record_decision(Decision(jr.job.name, "bad_checkpoint", {"path": str(path)}))
 
     def _kill_job(self, jr: JobRun, why: str, grace: float = 10.0) -> None:
         name = jr.job.name

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, job TEXT, kind TEXT NOT NULL,
     message TEXT NOT NULL, data TEXT
 );
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, job TEXT NOT NULL, kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_job ON events(job);
 CREATE INDEX IF NOT EXISTS processes_job ON processes(job, attempt);
 """
@@ -61,6 +65,18 @@ class ProcessRecord:
     create_time: float
     pgid: int | None
     role: str = "rank"
+
+
+DecisionKind = Literal["micro_batch", "bad_checkpoint", "step_timeout"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the supervisor decided about a job that its later attempts must honour, also after
+    bin/resume (kept apart from the events, which are for people and read back capped)."""
+    job: str
+    kind: DecisionKind
+    data: dict[str, Any]   # micro_batch: batch_size, grad_accum; bad_checkpoint: path; step_timeout: seconds
 
 
 def _dumps(v: Any) -> str | None:
@@ -153,7 +169,23 @@ class Journal:
             db.execute("INSERT INTO events(time, job, kind, message, data) VALUES (?,?,?,?,?)",
                        (time.time(), job, kind, message, _dumps(data) if data else None))
 
+    def record_decision(self, d: Decision) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO decisions(time, job, kind, data) VALUES (?,?,?,?)",
+                       (time.time(), d.job, d.kind, json.dumps(d.data)))
+
     # ------------------------------------------------------------------ reads
+
+    def decisions(self, job: str | None = None) -> list[Decision]:
+        """In the order they were made, all of them."""
+        q, args = "SELECT * FROM decisions", ()
+        if job is not None:
+            q, args = q + " WHERE job=?", (job,)
+        try:
+            rows = self.db.execute(q + " ORDER BY id", args).fetchall()
+        except sqlite3.OperationalError:   # a read-only look at a journal from before the table
+            return []
+        return [Decision(r["job"], r["kind"], json.loads(r["data"])) for r in rows]
 
     def run(self) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM runs LIMIT 1").fetchone()

@@ -213,3 +213,20 @@ def test_two_resumes_at_once_one_drives(runs: Path, tmp_path: Path) -> None:
     assert "another driver holds" in refused and "driver.lock" in refused
     st = _check_recovered(runs, run, "lost")
     assert [a["n"] for a in job(st, "train")["attempts"]] == [1, 2]   # one driver: no attempt started twice
+
+
+def test_oom_decision_survives_a_resume(runs: Path, tmp_path: Path) -> None:
+    """Issue 11: the OOM's smaller micro-batch lived in the driver's memory only; a resumed driver
+    went back to the plan's batch and met the same OOM. It is a journalled decision now, replayed."""
+    plan = write_plan(tmp_path, plan_text("oom_at_step: 12, fault_attempts: [1]").replace("step_time: 0.1", "step_time: 0.3"))
+    run = start_detached(plan, runs)
+    wait_for(runs, run, lambda s: len(job(s, "train")["attempts"]) >= 2 and _at_step(14)(s), what="attempt 2")
+    os.kill(driver_pid(runs, run), signal.SIGKILL)
+    wait_driver_gone(runs, run)
+    out = _cli("resume", run, "--runs-dir", str(runs))
+    assert out.returncode == 0, out.stdout + out.stderr
+    st = status(runs, run)
+    jd = Path(st["dir"]) / "jobs" / "train"
+    third = read_json(jd / "job-3.json")["training"]
+    assert (third["batch_size"], third["grad_accum"]) == (2, 2)
+    assert job(st, "train")["state"] == "succeeded"

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from launcher.journal import Journal, ProcessRecord
+from launcher.journal import Decision, Journal, ProcessRecord
 
 TABLES = {"runs", "jobs", "attempts", "processes", "checkpoints", "events"}
 
@@ -158,3 +158,26 @@ def test_events_round_trip(journal):
     assert journal.events()[1]["data"] is None
     assert [e["message"] for e in journal.events("b", limit=2)] == ["t3", "t4"]   # the newest, oldest first
     assert [e["message"] for e in journal.events(limit=3)] == ["t2", "t3", "t4"]
+
+
+def test_decisions_come_back_all_and_in_order(tmp_path):
+    j = Journal(tmp_path / "run.db")
+    made = [Decision("a", "micro_batch", {"batch_size": 2, "grad_accum": 2}),
+            Decision("b", "bad_checkpoint", {"path": "/r/b/checkpoint-10"})]
+    made += [Decision("a", "step_timeout", {"seconds": float(s)}) for s in range(1, 1500)]   # more than events() reads
+    for d in made:
+        j.record_decision(d)
+    for i in range(1200):
+        j.event("note", f"event {i}", job="a")
+    j.close()
+    ro = Journal(tmp_path / "run.db", readonly=True)
+    assert ro.decisions() == made and ro.decisions("b") == [made[1]]
+    assert ro.decisions("a")[-1].data == {"seconds": 1499.0}
+    ro.close()
+
+
+def test_a_journal_from_before_decisions_reads_as_none(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute("CREATE TABLE runs (run_id TEXT)")
+    db.close()
+    assert Journal(tmp_path / "old.db", readonly=True).decisions() == []
