@@ -432,7 +432,7 @@ class Driver:
         self.journal.end_attempt(name, a.n, "failed", obs.verdict, codes, obs.step, lost, obs.detail)
         self._say(f"attempt {a.n} failed ({obs.verdict}): {obs.detail}", name, kind="failure")
         if obs.verdict == "oom":
-            self._halve_batch(jr)
+            self._shrink_micro_batch(jr)
         if (obs.verdict == "crash" and a.resumed_from and obs.step <= a.start_step
                 and CHECKPOINT_ERROR_RE.search(obs.detail)):
             # Died loading the checkpoint it resumed from: the next attempt takes the one before it.
@@ -448,7 +448,7 @@ class Driver:
             self.journal.set_job(name, state="failed", reason=d.reason)
         self._say(d.reason, name)
 
-    def _halve_batch(self, jr: JobRun) -> None:
+    def _shrink_micro_batch(self, jr: JobRun) -> None:
         """OOM: a smaller micro-batch, more accumulation: the effective batch is unchanged."""
         t = jr.job.config.training
         smaller = smaller_micro_batch(t.batch_size, t.grad_accum)
