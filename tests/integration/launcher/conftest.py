@@ -24,6 +24,23 @@ def status(runs: Path, run: str | None = None) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
+def synthetic_plan(params: str = "", *, steps: int, every: int, step_time: float = 0.1,
+                   hang: str = "{startup: 60, step: 3}", name: str = "faults") -> str:
+    """One 2-rank synthetic job `train`, checkpointing every `every` steps, restarting quickly."""
+    return f"""
+name: {name}
+jobs:
+  train:
+    method: synthetic
+    resources: {{nodes: 1, gpus_per_node: 2}}
+    params: {{steps: {steps}, step_time: {step_time}{', ' + params if params else ''}}}
+    checkpoint: {{every: {every}, keep: 2}}
+    retry: {{max_restarts: 2, backoff: 0.2}}
+    hang: {hang}
+    training: {{batch_size: 4, grad_accum: 1}}
+"""
+
+
 def write_plan(tmp: Path, text: str) -> Path:
     p = tmp / "plan.yaml"
     p.write_text(text)

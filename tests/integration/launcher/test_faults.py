@@ -19,27 +19,16 @@ import pytest
 
 from launcher.atomic import read_json
 from tests.helpers import REPO
-from tests.integration.launcher.conftest import (driver_pid, job, run_processes, start_detached, status, wait_driver_gone,
-                                                 wait_for, write_plan)
+from tests.integration.launcher.conftest import (driver_pid, job, run_processes, start_detached, status, synthetic_plan,
+                                                 wait_driver_gone, wait_for, write_plan)
 
 pytestmark = pytest.mark.integration
 
 STEPS, EVERY = 40, 5
 
 
-def plan_text(params: str = "") -> str:
-    return f"""
-name: faults
-jobs:
-  train:
-    method: synthetic
-    resources: {{nodes: 1, gpus_per_node: 2}}
-    params: {{steps: {STEPS}, step_time: 0.1{', ' + params if params else ''}}}
-    checkpoint: {{every: {EVERY}, keep: 2}}
-    retry: {{max_restarts: 2, backoff: 0.2}}
-    hang: {{startup: 60, step: 3}}
-    training: {{batch_size: 4, grad_accum: 1}}
-"""
+def plan_text(params: str = "", step_time: float = 0.1) -> str:
+    return synthetic_plan(params, steps=STEPS, every=EVERY, step_time=step_time)
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -218,7 +207,7 @@ def test_two_resumes_at_once_one_drives(runs: Path, tmp_path: Path) -> None:
 def test_oom_decision_survives_a_resume(runs: Path, tmp_path: Path) -> None:
     """Issue 11: the OOM's smaller micro-batch lived in the driver's memory only; a resumed driver
     went back to the plan's batch and met the same OOM. It is a journalled decision now, replayed."""
-    plan = write_plan(tmp_path, plan_text("oom_at_step: 12, fault_attempts: [1]").replace("step_time: 0.1", "step_time: 0.3"))
+    plan = write_plan(tmp_path, plan_text("oom_at_step: 12, fault_attempts: [1]", step_time=0.3))
     run = start_detached(plan, runs)
     wait_for(runs, run, lambda s: len(job(s, "train")["attempts"]) >= 2 and _at_step(14)(s), what="attempt 2")
     os.kill(driver_pid(runs, run), signal.SIGKILL)

@@ -8,24 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launcher.conftest import job, launch, status, write_plan
+from tests.integration.launcher.conftest import job, launch, status, synthetic_plan, write_plan
 
 pytestmark = pytest.mark.integration
 
 
 def _plan(params: str, hang: str, steps: int = 20, every: int = 10) -> str:
-    return f"""
-name: phases
-jobs:
-  train:
-    method: synthetic
-    resources: {{nodes: 1, gpus_per_node: 2}}
-    params: {{steps: {steps}, step_time: 0.1, {params}}}
-    checkpoint: {{every: {every}, keep: 2}}
-    retry: {{max_restarts: 2, backoff: 0.2}}
-    hang: {hang}
-    training: {{batch_size: 4, grad_accum: 1}}
-"""
+    return synthetic_plan(params, steps=steps, every=every, hang=hang, name="phases")
 
 
 def test_long_evaluations_and_saves_under_a_short_step_timeout_finish_in_one_attempt(runs: Path, tmp_path: Path):
