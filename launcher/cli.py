@@ -19,7 +19,7 @@ import subprocess
 import psutil
 from rich.console import Console
 
-from launcher import driver_lock, procs, rundir, status
+from launcher import driver_lock, kill, procs, rundir, status
 from launcher.cluster import ClusterOptions, planned_local_shape, shape_from_ray, start
 from launcher.control import request_kill
 from launcher.dsconfig import zero_stage
@@ -247,47 +247,40 @@ def kill_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/kill", description="Stop a run or one of its jobs, leaving no process behind.")
     add_run_arguments(p, required=True)
     p.add_argument("job", nargs="?", help="only this job (its dependants are then skipped)")
-    p.add_argument("--force", action="store_true", help="SIGKILL at once instead of TERM, grace, KILL")
+    p.add_argument("--force", action="store_true",
+                   help="SIGKILL at once instead of TERM, grace, KILL; for the whole run, also SIGKILL a driver "
+                        f"that has not read the request within {kill.FORCE_PATIENCE_S:.0f}s")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the driver to confirm")
     args = p.parse_args(argv)
     rd = open_run(args)
     if rd is None:
         return 2
-    journal = Journal(rd.db)
+    # Read-only until the driver is known to be gone: a wedged one may hold the journal's write lock.
+    journal = Journal(rd.db, readonly=True)
     try:
         if args.job and journal.job(args.job) is None:
             print(f"run {rd.root.name} has no job {args.job!r}", file=sys.stderr)
             return 2
         driver = DriverInfo.of(journal)
-        if driver.alive():
-            journal.close()
-            request_kill(rd.root, args.job, args.force)
-            return _await_kill(rd, args.job, args.timeout)
-        # No driver: this command is the only writer now; sweep and put the kill on record.
-        hit = sweep(journal, rd.root.name, args.job, grace=0.0 if args.force else 10.0)
-        for row in journal.jobs():
-            if (args.job is None or row["name"] == args.job) and row["state"] in ("pending", "running"):
-                journal.set_job(row["name"], state="killed", reason="killed by bin/kill (driver not running)")
-        if args.job is None:
-            journal.set_run(state="killed", ended=time.time())
-        journal.event("kill", f"bin/kill with no live driver: swept {len(hit)} process(es)", job=args.job, pids=hit)
-        print(f"driver not running; swept {len(hit)} leftover process(es); run {rd.root.name} marked killed")
-        return 0
     finally:
         journal.close()
-
-
-def _await_kill(rd: RunDir, job: str | None, timeout: float) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = status.collect(rd)
-        states = [j["state"] for j in st["jobs"] if job is None or j["name"] == job]
-        if all(s in ("succeeded", "failed", "skipped", "killed") for s in states) and (job or st["state"] != "running"):
-            print(f"killed {'job ' + job if job else 'run'} in {rd.root.name}")
+    if driver.alive():
+        request = request_kill(rd.root, args.job, args.force)
+        step, taken, waited = kill.await_driver(rd, driver, request, args.job, args.force, args.timeout)
+        if step == "done":
+            print(f"killed {'job ' + args.job if args.job else 'run'} in {rd.root.name}")
             return 0
-        time.sleep(0.5)
-    print(f"the driver did not confirm within {timeout:.0f}s; run bin/kill again with --force", file=sys.stderr)
-    return 1
+        if step == "kill_driver":
+            return kill.force_kill_run(rd, driver, taken, waited)
+        if step == "give_up":
+            print(kill.unanswered(rd.root.name, args.job, args.force, taken, waited, driver.pid), file=sys.stderr)
+            return 1
+        print(f"the driver (pid {driver.pid}) exited before confirming the kill", flush=True)
+    # No driver: this command is the only writer now; sweep and put the kill on record.
+    hit = kill.kill_without_driver(rd, args.job, 0.0 if args.force else 10.0,
+                                   "killed by bin/kill (driver not running)", "bin/kill with no live driver")
+    print(f"driver not running; swept {len(hit)} leftover process(es); run {rd.root.name} marked killed")
+    return 0
 
 
 def logs_main(argv: list[str] | None = None) -> int:

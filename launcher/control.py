@@ -44,3 +44,13 @@ def pending(run_root: Path) -> list[tuple[Path, KillRequest]]:
         except (json.JSONDecodeError, TypeError, FileNotFoundError):
             continue
     return out
+
+
+def withdraw(run_root: Path) -> list[Path]:
+    """Remove every unread request (their driver was killed: nobody will act on them, and a driver
+    that bin/resume starts later must not). Returns the files removed."""
+    gone = []
+    for path, _ in pending(run_root):
+        path.unlink(missing_ok=True)
+        gone.append(path)
+    return gone

@@ -118,8 +118,11 @@ def signal_group(leader: Owned, sig: int, run_id: str) -> bool:
         return False
 
 
-def kill_verified(procs: list[Owned], run_id: str, sig: int = signal.SIGKILL) -> list[int]:
-    """Signal each recorded process that still is the one we recorded; returns the PIDs signalled."""
+def kill_verified(procs: list[Owned], run_id: str | None, sig: int = signal.SIGKILL) -> list[int]:
+    """Signal each recorded process that still is the one we recorded; returns the PIDs signalled.
+
+    run_id None: by PID and start time alone, for processes that carry no run marker (a driver's
+    own Ray, seen under the verified driver)."""
     hit = []
     for o in procs:
         p = o.process(run_id)
@@ -133,7 +136,7 @@ def kill_verified(procs: list[Owned], run_id: str, sig: int = signal.SIGKILL) ->
     return hit
 
 
-def wait_gone(procs: list[Owned], run_id: str, timeout: float) -> list[Owned]:
+def wait_gone(procs: list[Owned], run_id: str | None, timeout: float) -> list[Owned]:
     """Wait until none of `procs` is alive (or timeout); returns those still alive."""
     deadline = time.time() + timeout
     alive = [o for o in procs if o.process(run_id) is not None]
