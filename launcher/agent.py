@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from launcher import heartbeat, monitor, procs, release
+from launcher import heartbeat, monitor, oomkill, procs, release
 from launcher.layout import JobDir
 from launcher.memprobe import open_probe
 
@@ -38,6 +38,7 @@ class RankStatus:
     exit_code: int | None
     heartbeat: dict[str, Any] | None
     log_tail: list[str] = field(default_factory=list)
+    oom_killed: str | None = None      # the kernel's OOM killer ended it (see launcher.oomkill)
 
 
 @dataclass
@@ -67,6 +68,8 @@ class NodeAgent:
         self.children: dict[int, tuple[Any, procs.Owned]] = {}
         self.known: dict[int, procs.Owned] = {}
         self.probe = None
+        self.oom: dict[int, oomkill.OomCounter | None] = {}   # rank -> its OOM counter, as of the last poll
+        self.oom_killed: dict[int, str | None] = {}           # rank -> decided once, when its exit is first seen
 
     def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -82,6 +85,8 @@ class NodeAgent:
     def start(self, job_file: str, master_addr: str | None, master_port: int | None,
               extra_env: dict[str, str]) -> dict[str, Any]:
         """Spawn this node's ranks. Without a master address (single-node job) this agent is rank 0's."""
+        # Fault point for the launcher's tests: a node this slow to start (what bin/kill meets while `starting`).
+        time.sleep(float(os.environ.get("SL_FAULT_AGENT_START_DELAY_S", "0")))
         info = self.info()
         master_addr = master_addr or info["ip"]
         master_port = master_port or self.free_port()
@@ -109,6 +114,7 @@ class NodeAgent:
             proc, owned = procs.spawn([sys.executable, "-u", "-m", "methods", job_file], renv, log, REPO_ROOT)
             self.children[rank] = (proc, owned)
             self.known[owned.pid] = owned
+            self.oom[rank] = oomkill.read(owned.pid)
             started.append({"rank": rank, "pid": owned.pid, "create_time": owned.create_time, "pgid": owned.pid,
                             "node": info["node"]})
         monitor.attach(self)   # memory sampler thread: gpu_mem.csv / peak_mem.csv / Ray gauges
@@ -117,16 +123,24 @@ class NodeAgent:
     def poll(self) -> dict[str, Any]:
         ranks, new = [], []
         for rank, (proc, owned) in self.children.items():
+            counter = oomkill.read(owned.pid) if rank not in self.oom_killed else None   # before poll(): see below
             code = proc.poll()
             if code is None:
                 for d in procs.descendants(owned, self.run_id):
                     if d.pid not in self.known:
                         self.known[d.pid] = d
                         new.append((d.pid, d.create_time, rank))
+                # Kept fresh while it lives (it may change cgroups; an older OOM kill of another
+                # process there is not its death). Read before poll(), so a kill in between is
+                # judged against the previous value, not one that already counts it.
+                self.oom[rank] = counter or self.oom.get(rank)
+            elif rank not in self.oom_killed:
+                self.oom_killed[rank] = oomkill.oom_killed(self.oom.get(rank), code)
             hb = heartbeat.read(self.jd.heartbeat(rank))
             hb_dict = asdict(hb) if hb and hb.attempt == self.attempt else None
             ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, hb_dict,
-                                    tail(self.jd.rank_log(self.attempt, rank)) if code is not None else []))
+                                    tail(self.jd.rank_log(self.attempt, rank)) if code is not None else [],
+                                    self.oom_killed.get(rank)))
         return asdict(AgentReport(node=ray.get_runtime_context().get_node_id(), ranks=ranks, new_children=new))
 
     def dump_stacks(self) -> list[int]:

@@ -6,8 +6,11 @@ ranks finished writing (the caller synchronises). Resume takes the newest comple
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 from launcher.atomic import read_json, write_json
@@ -45,6 +48,15 @@ def latest_complete(ckpt_root: Path, exclude: set[Path] | frozenset[Path] = froz
     return None
 
 
+def identity(path: Path) -> str:
+    """Which save of this step it is: its COMPLETE marker's inode and mtime ("" with no marker)."""
+    try:
+        st = (path / MARKER).stat()
+    except FileNotFoundError:
+        return ""
+    return f"{st.st_ino}:{st.st_mtime_ns}"
+
+
 def manifest(path: Path) -> dict[str, int]:
     """Every file of the checkpoint with its size: what `verify` checks before a resume."""
     return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
@@ -55,12 +67,18 @@ def mark_complete(path: Path, step: int, extra: dict | None = None) -> None:
     write_json(path / MARKER, {"step": step, "files": manifest(path), **(extra or {})})
 
 
-def verify(path: Path) -> str | None:
-    """None if the checkpoint is whole; else what is wrong (a file missing, truncated or unreadable)."""
+def verify(path: Path, deep: bool = False) -> str | None:
+    """None if the checkpoint is whole; else what is wrong (a file missing, truncated or unreadable).
+
+    Sizes against the manifest is cheap and done before every resume. `deep` also reads every file
+    of a format that can check itself (JSON parses, safetensors' header accounts for every byte,
+    torch's zip archives pass their CRCs): done when an attempt died loading the checkpoint.
+    """
     m = marker(path)
     if m is None:
         return "no COMPLETE marker"
-    for rel, size in (m.get("files") or {}).items():
+    files = m.get("files") or {}
+    for rel, size in files.items():
         f = path / rel
         try:
             actual = f.stat().st_size
@@ -68,6 +86,48 @@ def verify(path: Path) -> str | None:
             return f"{rel} is missing"
         if actual != size:
             return f"{rel} has {actual} bytes, {size} when it was saved"
+    if deep:
+        for rel in files:
+            problem = _unreadable(path / rel)
+            if problem:
+                return f"{rel} {problem}"
+    return None
+
+
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+def _unreadable(f: Path) -> str | None:
+    try:
+        if f.suffix == ".json":
+            json.loads(f.read_bytes())
+        elif f.suffix == ".safetensors":
+            return _safetensors_problem(f)
+        elif f.suffix in TORCH_SUFFIXES or zipfile.is_zipfile(f):
+            if not zipfile.is_zipfile(f):
+                return "is not a torch archive (zip)"
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+            if bad is not None:
+                return f"fails its CRC check in {bad}"
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, TypeError, AttributeError, IndexError) as e:
+        return f"cannot be read: {type(e).__name__}: {e}"[:300]
+    return None
+
+
+def _safetensors_problem(f: Path) -> str | None:
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            return "is shorter than a safetensors header"
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            return f"declares a {n}-byte header in a {size}-byte file"
+        header = json.loads(fh.read(n))
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        return f"holds {size} bytes, its header accounts for {8 + n + end}"
     return None
 
 

@@ -3,38 +3,49 @@
 Jobs whose needs succeeded get a placement group (one bundle per node), one NodeAgent per
 bundle spawns the ranks, and the supervisor's verdicts decide finish / restart / fail.
 Only this process writes run.db.
+
+The loop never waits on one job: agent polls are collected as they arrive, releases (py-spy,
+TERM grace, GPU memory) run in worker threads, and an unexpected error in one job's handling
+fails that job, not the run.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from launcher import checkpoints, control, dsconfig, monitor, rundir, scheduler
-from launcher.agent import RemoteAgent, sweep_node
+from launcher import checkpoints, control, dsconfig, monitor, rundir, scheduler, teardown
+from launcher.agent import RemoteAgent
 from launcher.atomic import read_json
-from launcher.journal import Decision, Journal, ProcessRecord
+from launcher.journal import Decision, Journal, JournalError, ProcessRecord
 from launcher.layout import RunDir
 from launcher.plan import Job, Plan
 from launcher.raymetrics import ProgressMetrics
 from launcher.resources import ClusterShape
-from launcher.supervisor import AttemptWatch, Observation, decide_retry, smaller_micro_batch
+from launcher.supervisor import (LEARNED_PHASES, AttemptWatch, Observation, checkpoint_suspect, decide_retry,
+                                 smaller_micro_batch)
 
 log = logging.getLogger("launcher")
 POLL_S = 0.25
-CHECKPOINT_ERROR_RE = re.compile(r"checkpoint|PytorchStreamReader|unpickl|safetensors|state_dict|EOFError", re.I)
-RPC_TIMEOUT_S = 60.0
+RPC_TIMEOUT_S = teardown.RPC_TIMEOUT_S
+FINAL = ("succeeded", "failed", "skipped", "killed")
+
+
+def _cause(e: BaseException) -> str:
+    """What went wrong inside a Ray task, in one line: its original exception, not the remote traceback."""
+    cause = getattr(e, "cause", None) or e
+    return f"{type(cause).__name__}: {cause}"[:600]
 
 
 @dataclass
@@ -52,19 +63,36 @@ class Attempt:
     placement: list[dict[str, Any]] = field(default_factory=list)
     last_step_logged: float = 0.0
     step: int = 0                     # newest step reported by the ranks
+    start_issued: float = 0.0         # when the agents were asked to spawn: the start timeout runs from here
+    recorded: bool = False            # the journal has this attempt's row
+    ended: bool = False               # ... and it is closed
+    poll_refs: list[Any] | None = None
+    poll_sent: float = 0.0
+
+
+@dataclass
+class Stopping:
+    """A release in flight in a worker thread, and what to do when it is over (in the loop's thread)."""
+    future: Future[teardown.Released]
+    then: Callable[[teardown.Released], None]
 
 
 @dataclass
 class JobRun:
     job: Job
-    state: str = "pending"   # pending | placing | starting | running | waiting | succeeded | failed | skipped | killed
+    # pending | placing | starting | running | stopping | waiting | succeeded | failed | skipped | killed
+    state: str = "pending"
     attempts: int = 0
     restarts_without_progress: int = 0
     retry_at: float = 0.0
     current: Attempt | None = None
-    learned_step_timeout: float | None = None
+    stopping: Stopping | None = None
+    kill_reason: str | None = None    # a kill asked for while the job was already being released
+    learned: dict[str, float] = field(default_factory=dict)   # phase -> learned timeout (hang: auto)
     changes: dict[str, Any] = field(default_factory=dict)   # what the next attempt runs differently (OOM)
-    bad_checkpoints: set[Path] = field(default_factory=set)
+    # path -> identity of the COMPLETE marker found broken: a later attempt that saves that step again
+    # writes a new marker, and the new checkpoint is not blamed for the old one
+    bad_checkpoints: dict[Path, str] = field(default_factory=dict)
     last_ckpt_step: int = -1
 
 
@@ -82,6 +110,8 @@ class Driver:
         self._load_history()
         self.priority = plan.graph.critical_path({n: scheduler.estimate_seconds(j) for n, j in plan.jobs.items()})
         self.stop_requested = threading.Event()
+        self.releases = ThreadPoolExecutor(max_workers=8, thread_name_prefix="release")
+        rundir.make_reserve(rd)
 
     def _load_history(self) -> None:
         """Continue a run from its journal (bin/resume): finished jobs stay finished; the rest start
@@ -105,9 +135,10 @@ class Driver:
                 if d.kind == "micro_batch":
                     self._set_micro_batch(jr, d.data["batch_size"], d.data["grad_accum"])
                 elif d.kind == "bad_checkpoint":
-                    jr.bad_checkpoints.add(Path(d.data["path"]))
-                elif d.kind == "step_timeout":
-                    jr.learned_step_timeout = max(d.data["seconds"], jr.learned_step_timeout or 0.0)
+                    jr.bad_checkpoints[Path(d.data["path"])] = d.data.get("identity", "")
+                elif d.kind == "timeout":
+                    phase = d.data["phase"]
+                    jr.learned[phase] = max(d.data["seconds"], jr.learned.get(phase, 0.0))
 
     # ------------------------------------------------------------------ main loop
 
@@ -124,26 +155,90 @@ class Driver:
                 self._skip_blocked()
                 while self._place_ready() is not None:  # as many ready jobs as fit now
                     pass
-                polls = {n: [ag.poll.remote() for ag in jr.current.agents]
-                         for n, jr in self.jobs.items() if jr.state == "running" and jr.current is not None}
-                for name, jr in self.jobs.items():
-                    if jr.state == "placing":
-                        self._maybe_start(jr)
-                    elif jr.state == "starting":
-                        self._check_started(jr)
-                    elif name in polls and jr.state == "running":
-                        self._poll(jr, polls[name])
-                    elif jr.state == "waiting" and time.time() >= jr.retry_at:
-                        jr.state = "pending"
+                for jr in self.jobs.values():
+                    self._isolated(jr, self._step_job)
                 time.sleep(POLL_S)
+        except JournalError as e:
+            return self._journal_failed(e)
         except BaseException:
             self._kill_all("the driver crashed")
             raise
+        finally:
+            self.releases.shutdown(wait=False)
+        rundir.free_reserve(self.rd)
         states = {jr.state for jr in self.jobs.values()}
         final = "succeeded" if states == {"succeeded"} else ("killed" if "killed" in states else "failed")
         self.journal.set_run(state=final, ended=time.time())
         self.journal.event("run", f"run {final}")
         return final
+
+    def _step_job(self, jr: JobRun) -> None:
+        if jr.state == "placing":
+            self._maybe_start(jr)
+        elif jr.state == "starting":
+            self._check_started(jr)
+        elif jr.state == "running":
+            self._poll(jr)
+        elif jr.state == "stopping":
+            self._check_stopping(jr)
+        elif jr.state == "waiting" and time.time() >= jr.retry_at:
+            jr.state = "pending"
+
+    def _isolated(self, jr: JobRun, action: Callable[[JobRun], Any]) -> Any:
+        """One job's unexpected error (a launcher bug, a file it cannot read) fails that job and
+        the run goes on; only a journal that cannot be written stops the run."""
+        try:
+            return action(jr)
+        except JournalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - anything, by design: the other jobs must not pay for it
+            log.error("%s: launcher error", jr.job.name, exc_info=e)
+            self._job_fault(jr, f"launcher error: {type(e).__name__}: {e}"[:600] + " (the driver log has the traceback)")
+            return None
+
+    def _job_fault(self, jr: JobRun, reason: str) -> None:
+        jr.kill_reason = None
+        if jr.stopping is not None and not jr.stopping.future.done():
+            jr.stopping.then = lambda _res: self._end_job(jr, "failed", reason, failure="crash")
+            return
+        jr.stopping = None
+        if jr.current is not None and not jr.current.ended and jr.state in ("placing", "starting", "running", "stopping"):
+            self._begin_release(jr, grace=2.0, dump_stacks=False,
+                                then=lambda _res: self._end_job(jr, "failed", reason, failure="crash"))
+            return
+        self._end_job(jr, "failed", reason, failure="crash")
+
+    def _journal_failed(self, e: JournalError) -> str:
+        """The journal cannot be written (disk full, most often): stop every rank first (that needs
+        no journal, and frees what they would write), then give back the space reserved at the
+        start and close the journal consistently: the run and its jobs end failed, with why."""
+        log.error("the journal cannot be written: %s; stopping the run", e)
+        futures = [self.releases.submit(teardown.release, self.run_id, list(jr.current.agents), jr.current.pg, 2.0,
+                                        False, {})
+                   for jr in self.jobs.values()
+                   if jr.current is not None and not jr.current.ended and jr.state in ("placing", "starting", "running")]
+        for jr in self.jobs.values():
+            if jr.stopping is not None:
+                futures.append(jr.stopping.future)
+        for f in futures:
+            try:
+                f.result(timeout=teardown.RPC_TIMEOUT_S + 130)
+            except Exception as err:  # noqa: BLE001 - best effort: the journal below must still be closed
+                log.warning("release failed while stopping the run: %s", err)
+        rundir.free_reserve(self.rd)
+        why = f"the journal could not be written ({e}); free space and bin/resume {self.run_id}"
+        try:
+            for jr in self.jobs.values():
+                a = jr.current
+                if a is not None and a.recorded and not a.ended:
+                    self.journal.end_attempt(jr.job.name, a.n, "failed", "lost", {}, a.step, detail=why)
+                if jr.state not in FINAL:
+                    self.journal.set_job(jr.job.name, state="failed", reason=why)
+            self.journal.set_run(state="failed", ended=time.time())
+            self.journal.event("run", f"run failed: {why}")
+        except JournalError as again:
+            log.error("the journal still cannot be written (%s): bin/status will show the driver gone", again)
+        return "failed"
 
     def _handle_requests(self) -> bool:
         """bin/kill requests; True when the whole run was killed."""
@@ -154,10 +249,11 @@ class Driver:
                 self._kill_all(f"killed by {req.by}" + (" (forced)" if req.force else ""), grace)
                 return True
             jr = self.jobs.get(req.job)
-            if jr is None or jr.state in ("succeeded", "failed", "skipped", "killed"):
+            if jr is None or jr.state in FINAL:
                 self._say(f"kill request for {req.job}: nothing to kill", req.job)
                 continue
-            self._kill_job(jr, f"killed by {req.by}" + (" (forced)" if req.force else ""), grace)
+            self._isolated(jr, lambda j: self._kill_job(j, f"killed by {req.by}" + (" (forced)" if req.force else ""),
+                                                        grace))
         return False
 
     def _install_signal_handlers(self) -> None:
@@ -167,7 +263,7 @@ class Driver:
             signal.signal(sig, lambda *_: self.stop_requested.set())
 
     def _finished(self) -> bool:
-        return all(jr.state in ("succeeded", "failed", "skipped", "killed") for jr in self.jobs.values())
+        return all(jr.state in FINAL for jr in self.jobs.values())
 
     def _say(self, msg: str, job: str | None = None, kind: str = "info", **data: Any) -> None:
         log.info("%s%s", f"{job}: " if job else "", msg)
@@ -205,6 +301,10 @@ class Driver:
                 log.info("waiting for GPUs: %s ready, %d GPU(s) free", ", ".join(ready), self.books.free_gpus())
             return None
         jr = self.jobs[name]
+        self._isolated(jr, self._place)   # placed, or failed: either way no longer pending
+        return jr
+
+    def _place(self, jr: JobRun) -> bool:
         r = jr.job.config.resources
         nodes = self.books.choose(r)
         assert nodes is not None
@@ -223,16 +323,14 @@ class Driver:
         jr.state = "placing"
         self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
                   f"(attempt {jr.attempts})", jr.job.name)
-        return jr
+        return True
 
     def _fail_unplaceable(self, jr: JobRun) -> None:
         """Rather than wait forever: the GPUs this job needs are held by memory an earlier job leaked."""
         reason = (f"can no longer be placed: GPUs {[q['gpus'] for q in self.quarantined]} kept out of scheduling "
                   "because their memory was not released (see bin/logs and the 'release' events; free them and "
                   "bin/resume the run)")
-        jr.state = "failed"
-        self.journal.set_job(jr.job.name, state="failed", reason=reason)
-        self._say(f"failed: {reason}", jr.job.name, kind="failure")
+        self._end_job(jr, "failed", reason)
 
     def _maybe_start(self, jr: JobRun) -> None:
         """Placement group ready: create the agents and ask them to spawn the ranks (not waited on)."""
@@ -244,14 +342,19 @@ class Driver:
         if not ready:
             return
         job, r = jr.job, jr.job.config.resources
-        resume, rejected = checkpoints.newest_usable(self.rd.job(job.name).checkpoints, jr.bad_checkpoints)
+        still_bad = {p for p, ident in jr.bad_checkpoints.items() if checkpoints.identity(p) in (ident, "")}
+        resume, rejected = checkpoints.newest_usable(self.rd.job(job.name).checkpoints, still_bad)
         for path, why in rejected:
             self._bad_checkpoint(jr, path)
             self._say(f"checkpoint {path.name} is unusable ({why}); falling back to an older one", job.name,
                       kind="checkpoint")
         a.resumed_from = str(resume) if resume else None
         a.start_step = (checkpoints.step_of(resume) or 0) if resume else 0
-        a.watch = AttemptWatch(job.config.hang, learned_step_timeout=jr.learned_step_timeout)
+        a.watch = AttemptWatch(job.config.hang, learned=jr.learned)
+        # The row exists from here on: whatever happens to the start, the attempt is on record.
+        self.journal.start_attempt(job.name, a.n, [], a.resumed_from, a.start_step, jr.changes or None, state="starting")
+        a.recorded = True
+        jr.changes = {}
         path = rundir.write_job_file(rundir.job_file(self.plan, job, self.rd, a.n, a.resumed_from), self.rd)
         # Ray gives an actor OMP_NUM_THREADS = its num_cpus, which the ranks would inherit and
         # oversubscribe the cores with (4x slower here); like torchrun, a rank gets its own share.
@@ -270,9 +373,10 @@ class Driver:
                 info0 = ray.get(a.agents[0].info.remote(), timeout=RPC_TIMEOUT_S)
                 port = ray.get(a.agents[0].free_port.remote(), timeout=RPC_TIMEOUT_S)
                 a.start_refs = [ag.start.remote(str(path), info0["ip"], port, env) for ag in a.agents]
-        except (RayActorError, GetTimeoutError) as e:
+        except (RayError, GetTimeoutError) as e:
             self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
             return
+        a.start_issued = time.time()
         jr.state = "starting"
 
     def _check_started(self, jr: JobRun) -> None:
@@ -280,7 +384,8 @@ class Driver:
         assert a is not None
         done, _ = ray.wait(a.start_refs, num_returns=len(a.start_refs), timeout=0)
         if len(done) < len(a.start_refs):
-            if time.time() - a.created > RPC_TIMEOUT_S * 2:
+            # From when the spawn was asked for: however long the placement waited is not the agents' fault.
+            if time.time() - a.start_issued > RPC_TIMEOUT_S * 2:
                 self._attempt_failed(jr, Observation("lost", detail="agents did not start the ranks in time"))
             return
         try:
@@ -288,14 +393,16 @@ class Driver:
         except RayActorError as e:
             self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
             return
+        except RayError as e:   # the spawn itself failed (OSError in the agent: no such file, fork limits)
+            self._attempt_failed(jr, Observation("crash", detail=f"ranks could not be started: {_cause(e)}"))
+            return
         job = jr.job
         a.placement = [{"node": rep["info"]["node"], "host": rep["info"]["host"], "gpus": rep["info"]["gpus"]}
                        for rep in replies]
         self.books.hold(a.held, -1)  # the reservation becomes where Ray really put the job
         a.held = a.placement
         self.books.hold(a.held, +1)
-        self.journal.start_attempt(job.name, a.n, a.placement, a.resumed_from, a.start_step, jr.changes or None)
-        jr.changes = {}
+        self.journal.set_attempt(job.name, a.n, state="running", placement=a.placement)
         self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
                                     for rep in replies for s in rep["ranks"]])
         jr.state = "running"
@@ -305,14 +412,27 @@ class Driver:
 
     # ------------------------------------------------------------------ supervision
 
-    def _poll(self, jr: JobRun, refs: list[Any]) -> None:
-        """refs: this job's agent polls, issued together with every other job's (one wait for all)."""
+    def _poll(self, jr: JobRun) -> None:
+        """Ask the agents, and judge once all of them answered: never waited on, so one slow node
+        delays only its own job (and counts as lost after the RPC timeout)."""
         a = jr.current
         assert a is not None and a.watch is not None
+        if a.poll_refs is None:
+            a.poll_refs, a.poll_sent = [ag.poll.remote() for ag in a.agents], time.time()
+            return
+        done, _ = ray.wait(a.poll_refs, num_returns=len(a.poll_refs), timeout=0)
+        if len(done) < len(a.poll_refs):
+            if time.time() - a.poll_sent > RPC_TIMEOUT_S:
+                self._attempt_failed(jr, Observation("lost", detail=f"node agent did not answer in {RPC_TIMEOUT_S:.0f}s"))
+            return
+        refs, a.poll_refs = a.poll_refs, None
         try:
-            reports = ray.get(refs, timeout=RPC_TIMEOUT_S)
-        except (RayActorError, GetTimeoutError) as e:
+            reports = ray.get(refs)
+        except RayActorError as e:
             self._attempt_failed(jr, Observation("lost", detail=f"node agent lost: {type(e).__name__}"))
+            return
+        except RayError as e:   # the agent is there but its poll raised: this attempt cannot be watched
+            self._attempt_failed(jr, Observation("lost", detail=f"node agent failed to report: {_cause(e)}"))
             return
         ranks = [r for rep in reports for r in rep["ranks"]]
         children = [ProcessRecord(jr.job.name, a.n, rank, rep["node"], pid, ct, None, "child")
@@ -321,11 +441,13 @@ class Driver:
             self.journal.add_processes(children)
         # Judged at the time the agents looked, not now: this loop may have been busy with another job.
         obs = a.watch.observe(ranks, now=min(rep["time"] for rep in reports))
-        learned = a.watch.learned_step_timeout
-        if learned is not None and learned != jr.learned_step_timeout:
-            jr.learned_step_timeout = learned  # kept for the next attempt, and in the journal for bin/resume
-            self.journal.record_decision(Decision(jr.job.name, "step_timeout", {"seconds": learned}))
-            self.journal.event("learned", f"step timeout learned: {learned:.1f}s", job=jr.job.name, step_timeout=learned)
+        for phase in LEARNED_PHASES:
+            learned = a.watch.learned.get(phase)
+            if learned is not None and learned != jr.learned.get(phase):
+                jr.learned[phase] = learned  # kept for the next attempt, and in the journal for bin/resume
+                self.journal.record_decision(Decision(jr.job.name, "timeout", {"phase": phase, "seconds": learned}))
+                self.journal.event("learned", f"{phase} timeout learned: {learned:.1f}s", job=jr.job.name,
+                                   phase=phase, timeout=learned)
         self._record_progress(jr, obs)
         if obs.verdict == "running":
             return
@@ -355,89 +477,127 @@ class Driver:
             loss = f", loss {obs.loss:.4f}" if obs.loss is not None else ""
             log.info("%s: step %d/%d%s", name, obs.step, obs.total_steps, loss)
 
-    def _release(self, a: Attempt, grace: float, job: str = "") -> dict[int, int | None]:
-        """Stop ranks (verified kills), then free the agents and the placement group.
+    # ------------------------------------------------------------------ releasing and ending
 
-        An agent that cannot answer (lost) has its node swept by a task pinned to that node,
-        from the processes the journal recorded for this attempt.
-        """
-        codes: dict[int, int | None] = {}
-        refs = [ag.stop.remote(grace) for ag in a.agents]
-        for i, ref in enumerate(refs):
-            try:
-                res = ray.get(ref, timeout=grace + 120)
-                codes.update({int(k): v for k, v in res["exit_codes"].items()})
-                if res["still_alive"]:
-                    log.warning("%s: processes still alive after kill: %s", job, res["still_alive"])
-                rel = res.get("release")
-                if rel and not rel["released"] and i < len(a.held):
-                    # Leaked memory: keep these GPUs out of scheduling rather than stack a job on them.
-                    self.quarantined.append(a.held[i])
-                    self._say(f"GPUs {res['gpus']} on node {a.held[i]['node'][:8]} not released after "
-                              f"{rel['waited_s']:.0f}s (held MiB {rel['still_held']}, pids {rel['job_pids_on_gpu']}); "
-                              "kept out of scheduling", job, kind="release")
-            except (RayActorError, GetTimeoutError) as e:
-                log.warning("%s: agent %d did not stop its ranks (%s); sweeping its node", job, i, type(e).__name__)
-                if i < len(a.placement):
-                    self._sweep_node(job, a, a.placement[i]["node"])
-        for ag in a.agents:
-            ray.kill(ag, no_restart=True)
-        remove_placement_group(a.pg)
-        self.books.hold([h for h in a.held if h not in self.quarantined], -1)
-        a.held = []
-        monitor.write_run_peaks(self.rd, rebuild=False)
-        return codes
+    def _begin_release(self, jr: JobRun, grace: float, dump_stacks: bool,
+                       then: Callable[[teardown.Released], None], verify: Path | None = None) -> None:
+        """Hand the attempt's release to a worker thread; `then` runs in this thread when it is over."""
+        a = jr.current
+        assert a is not None
+        recs = self.journal.processes(job=jr.job.name, attempt=a.n)
+        sweeps = {i: teardown.SweepTarget(p["node"], [(r.pid, r.create_time, r.role == "rank") for r in recs
+                                                      if r.node == p["node"]])
+                  for i, p in enumerate(a.placement)}
+        a.poll_refs = None
+        future = self.releases.submit(teardown.release, self.run_id, list(a.agents), a.pg, grace, dump_stacks, sweeps,
+                                      verify)
+        jr.stopping = Stopping(future, then)
+        jr.state = "stopping"
 
-    def _sweep_node(self, job: str, a: Attempt, node: str) -> None:
-        recs = [(r.pid, r.create_time, r.role == "rank") for r in self.journal.processes(job=job, attempt=a.n)
-                if r.node == node]
-        strat = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    def _check_stopping(self, jr: JobRun, wait: float | None = None) -> None:
+        st = jr.stopping
+        assert st is not None
+        if wait is None and not st.future.done():
+            return
         try:
-            hit = ray.get(sweep_node.options(scheduling_strategy=strat).remote(self.run_id, recs), timeout=RPC_TIMEOUT_S)
-            if hit:
-                self._say(f"swept {len(hit)} leftover process(es) on node {node[:8]}: {hit}", job, kind="sweep")
-        except (RayActorError, GetTimeoutError, ray.exceptions.RayError) as e:
-            self._say(f"could not sweep node {node[:8]} ({type(e).__name__}); is the node gone?", job, kind="sweep")
+            res = st.future.result(timeout=wait)
+        except TimeoutError:
+            res = teardown.Released(notes=[f"the release did not finish within {wait:.0f}s"])
+        except Exception as e:  # noqa: BLE001 - the books and the journal must still be put right
+            res = teardown.Released(notes=[f"the release failed: {type(e).__name__}: {e}"])
+        jr.stopping = None
+        self._released(jr, res)
+        st.then(res)
+        if jr.kill_reason and jr.state not in FINAL:
+            why, jr.kill_reason = jr.kill_reason, None
+            self._end_job(jr, "killed", why)
 
-    def _attempt_done(self, jr: JobRun, obs: Observation) -> None:
+    def _released(self, jr: JobRun, res: teardown.Released) -> None:
         a = jr.current
         assert a is not None
         name = jr.job.name
-        self._release(a, grace=5.0, job=name)
-        result = read_json(self.rd.job(name).result) or {}
-        ok = result.get("status") == "succeeded"
+        for note in res.notes:
+            self._say(note, name, kind="release")
+        if res.still_alive:
+            log.warning("%s: processes still alive after kill: %s", name, res.still_alive)
+        for u in res.unreleased:
+            # Leaked memory: keep these GPUs out of scheduling rather than stack a job on them.
+            if u.bundle < len(a.held):
+                self.quarantined.append(a.held[u.bundle])
+            node = a.held[u.bundle]["node"][:8] if u.bundle < len(a.held) else "?"
+            self._say(f"GPUs {u.gpus} on node {node} not released after {u.waited_s:.0f}s (held MiB {u.still_held}, "
+                      f"pids {u.job_pids_on_gpu}); kept out of scheduling", name, kind="release")
+        self.books.hold([h for h in a.held if h not in self.quarantined], -1)
+        a.held = []
+        monitor.write_run_peaks(self.rd, rebuild=False)
+
+    def _end_job(self, jr: JobRun, state: str, reason: str, failure: str | None = None,
+                 codes: dict[int, int | None] | None = None) -> None:
+        """A job reaches a final state other than success; its open attempt is closed with it."""
+        name, a = jr.job.name, jr.current
+        if a is not None and a.recorded and not a.ended:
+            lost = max(0, a.step - max(jr.last_ckpt_step, 0))
+            self.journal.end_attempt(name, a.n, "killed" if state == "killed" else "failed",
+                                     "killed" if state == "killed" else failure, codes or {}, a.step, lost, detail=reason)
+            a.ended = True
+        jr.state = state
+        self.journal.set_job(name, state=state, reason=reason)
+        self._say(reason if state == "killed" else f"{state}: {reason}", name,
+                  kind="kill" if state == "killed" else "failure")
+
+    def _attempt_done(self, jr: JobRun, obs: Observation) -> None:
+        self._begin_release(jr, grace=5.0, dump_stacks=False, then=lambda _res: self._finish_done(jr, obs))
+
+    def _finish_done(self, jr: JobRun, obs: Observation) -> None:
+        a = jr.current
+        assert a is not None
+        name = jr.job.name
+        try:
+            result = read_json(self.rd.job(name).result) or {}
+            reason = None if result.get("status") == "succeeded" else \
+                f"ranks exited 0 but result.json says {result.get('status', 'nothing')!r}"
+        except (ValueError, AttributeError, OSError) as e:   # torn by hand, not a dict, unreadable
+            reason = f"ranks exited 0 but result.json cannot be read: {type(e).__name__}: {e}"[:600]
+        ok = reason is None
         self.journal.end_attempt(name, a.n, "succeeded" if ok else "failed", None, obs.exit_codes, obs.step)
+        a.ended = True
         jr.state = "succeeded" if ok else "failed"
-        reason = None if ok else f"ranks exited 0 but result.json says {result.get('status', 'nothing')!r}"
         self.journal.set_job(name, state=jr.state, reason=reason, step=obs.step)
         self._say(f"{jr.state}" + (f": {reason}" if reason else f" at step {obs.step}"), name)
 
     def _attempt_failed(self, jr: JobRun, obs: Observation) -> None:
         a = jr.current
         assert a is not None
-        name = jr.job.name
-        self.journal.event("detected", f"{obs.verdict} detected: {obs.detail}", job=name, verdict=obs.verdict,
+        self.journal.event("detected", f"{obs.verdict} detected: {obs.detail}", job=jr.job.name, verdict=obs.verdict,
                            attempt=a.n, step=obs.step)
-        grace = 10.0
-        if obs.verdict == "hang":
-            # Stacks first, so the cause can be found; then no long grace: a hung rank ignores TERM.
-            try:
-                ray.get([ag.dump_stacks.remote() for ag in a.agents], timeout=RPC_TIMEOUT_S)
-            except (RayActorError, GetTimeoutError) as e:
-                log.warning("%s: could not dump stacks: %s", name, e)
-            grace = 2.0
-        codes = self._release(a, grace=grace, job=name)
+        # A crash before the resumed step was passed: was it the checkpoint? Its manifest says, read
+        # in full in the release thread (not the rank's log, whose last lines are teardown noise).
+        suspect = Path(a.resumed_from) if checkpoint_suspect(obs.verdict, a.resumed_from, obs.step, a.start_step) else None
+        # A hung rank ignores TERM: stacks first (py-spy, so the cause can be found), then a short grace.
+        hang = obs.verdict == "hang"
+        self._begin_release(jr, grace=2.0 if hang else 10.0, dump_stacks=hang, verify=suspect,
+                            then=lambda res: self._finish_failed(jr, obs, res, suspect))
+
+    def _finish_failed(self, jr: JobRun, obs: Observation, res: teardown.Released, suspect: Path | None) -> None:
+        a = jr.current
+        assert a is not None
+        name = jr.job.name
+        codes = dict(res.exit_codes)
         codes.update({k: v for k, v in obs.exit_codes.items() if v is not None})
         lost = max(0, obs.step - (jr.last_ckpt_step if jr.last_ckpt_step >= 0 else 0))
         self.journal.end_attempt(name, a.n, "failed", obs.verdict, codes, obs.step, lost, obs.detail)
+        a.ended = True
         self._say(f"attempt {a.n} failed ({obs.verdict}): {obs.detail}", name, kind="failure")
         if obs.verdict == "oom":
             self._shrink_micro_batch(jr)
-        if (obs.verdict == "crash" and a.resumed_from and obs.step <= a.start_step
-                and CHECKPOINT_ERROR_RE.search(obs.detail)):
-            # Died loading the checkpoint it resumed from: the next attempt takes the one before it.
-            self._bad_checkpoint(jr, Path(a.resumed_from))
-            self._say(f"{Path(a.resumed_from).name} failed to load; the next attempt falls back", name, kind="checkpoint")
+        if suspect is not None:
+            if res.checkpoint_problem:
+                self._bad_checkpoint(jr, suspect)
+                self._say(f"{suspect.name} is broken ({res.checkpoint_problem}); the next attempt falls back", name,
+                          kind="checkpoint")
+            else:
+                self._say(f"the attempt died resuming from {suspect.name}, which verifies whole: kept", name,
+                          kind="checkpoint")
         d = decide_retry(jr.job.config.retry, jr.attempts - 1, jr.restarts_without_progress, obs.verdict)
         if d.retry:
             jr.restarts_without_progress += 1
@@ -472,24 +632,29 @@ class Driver:
                                                 t, jr.job.config.resources.world_size)
 
     def _bad_checkpoint(self, jr: JobRun, path: Path) -> None:
-        if path not in jr.bad_checkpoints:
-            jr.bad_checkpoints.add(path)
-            self.journal.record_decision(Decision(jr.job.name, "bad_checkpoint", {"path": str(path)}))
+        ident = checkpoints.identity(path)
+        if jr.bad_checkpoints.get(path) != ident:
+            jr.bad_checkpoints[path] = ident
+            self.journal.record_decision(Decision(jr.job.name, "bad_checkpoint", {"path": str(path), "identity": ident}))
 
     def _kill_job(self, jr: JobRun, why: str, grace: float = 10.0) -> None:
-        name = jr.job.name
-        if jr.state in ("running", "placing") and jr.current is not None:
-            codes = self._release(jr.current, grace=grace, job=name)
-            if jr.state == "running":
-                a = jr.current
-                lost = max(0, a.step - max(jr.last_ckpt_step, 0))
-                self.journal.end_attempt(name, a.n, "killed", "killed", codes, a.step, lost, detail=why)
-        jr.state = "killed"
-        self.journal.set_job(name, state="killed", reason=why)
-        self._say(why, name, kind="kill")
+        """Placing, starting or running: its agents, placement group and ranks go first (a rank
+        spawned by a start still in flight is stopped too: an agent runs its calls in order)."""
+        if jr.state == "stopping":
+            jr.kill_reason = why
+            return
+        if jr.current is not None and not jr.current.ended and jr.state in ("placing", "starting", "running"):
+            self._begin_release(jr, grace, dump_stacks=False,
+                                then=lambda res: self._end_job(jr, "killed", why, codes=res.exit_codes))
+            return
+        self._end_job(jr, "killed", why)
 
     def _kill_all(self, why: str, grace: float = 10.0) -> None:
         for jr in self.jobs.values():
-            if jr.state not in ("succeeded", "failed", "skipped", "killed"):
-                self._kill_job(jr, why, grace)
+            if jr.state not in FINAL:
+                self._isolated(jr, lambda j: self._kill_job(j, why, grace))
+        deadline = time.time() + grace + 200   # the releases run side by side; wait for all of them
+        for jr in self.jobs.values():
+            if jr.stopping is not None:
+                self._isolated(jr, lambda j: self._check_stopping(j, wait=max(1.0, deadline - time.time())))
         self._say(f"run stopped: {why}")

@@ -51,10 +51,10 @@ def write(path: Path, hb: Heartbeat) -> None:
 
 
 def read(path: Path) -> Heartbeat | None:
-    data = read_json(path)
-    if not data:
-        return None
+    """None for no heartbeat yet, and for one that is not ours to read (not JSON, not a heartbeat:
+    writes are atomic, so that is someone else's file): the rank simply has not beaten."""
     try:
-        return Heartbeat(**data)
-    except TypeError:
+        data = read_json(path)
+        return Heartbeat(**data) if isinstance(data, dict) and data else None
+    except (ValueError, TypeError, UnicodeDecodeError):
         return None

@@ -67,7 +67,7 @@ class ProcessRecord:
     role: str = "rank"
 
 
-DecisionKind = Literal["micro_batch", "bad_checkpoint", "step_timeout"]
+DecisionKind = Literal["micro_batch", "bad_checkpoint", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,11 @@ class Decision:
     bin/resume (kept apart from the events, which are for people and read back capped)."""
     job: str
     kind: DecisionKind
-    data: dict[str, Any]   # micro_batch: batch_size, grad_accum; bad_checkpoint: path; step_timeout: seconds
+    data: dict[str, Any]   # micro_batch: batch_size, grad_accum; bad_checkpoint: path; timeout: phase, seconds
+
+
+class JournalError(RuntimeError):
+    """A write to run.db failed (disk full, most often): the driver stops the run, not one job."""
 
 
 def _dumps(v: Any) -> str | None:
@@ -104,8 +108,11 @@ class Journal:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: all of it lands or none of it does."""
-        with self.db:
-            yield self.db
+        try:
+            with self.db:
+                yield self.db
+        except sqlite3.OperationalError as e:
+            raise JournalError(f"cannot write {self.path}: {e}") from e
 
     # ------------------------------------------------------------------ writes (driver only)
 
@@ -135,12 +142,17 @@ class Journal:
             db.execute(f"UPDATE jobs SET {cols} WHERE name=?", (*fields.values(), name))
 
     def start_attempt(self, job: str, n: int, placement: list[dict[str, Any]], resumed_from: str | None,
-                      start_step: int, changes: dict[str, Any] | None = None) -> None:
+                      start_step: int, changes: dict[str, Any] | None = None, state: str = "running") -> None:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO attempts(job, n, state, started, placement, resumed_from, start_step, changes)"
                        " VALUES (?,?,?,?,?,?,?,?)",
-                       (job, n, "running", time.time(), _dumps(placement), resumed_from, start_step, _dumps(changes)))
+                       (job, n, state, time.time(), _dumps(placement), resumed_from, start_step, _dumps(changes)))
             db.execute("UPDATE jobs SET state='running', reason=NULL, updated=? WHERE name=?", (time.time(), job))
+
+    def set_attempt(self, job: str, n: int, state: str, placement: list[dict[str, Any]]) -> None:
+        """The ranks are up: where they run (the row was made when their start was asked for)."""
+        with self.tx() as db:
+            db.execute("UPDATE attempts SET state=?, placement=? WHERE job=? AND n=?", (state, _dumps(placement), job, n))
 
     def end_attempt(self, job: str, n: int, state: str, failure: str | None, exit_codes: dict[int, int | None],
                     end_step: int | None, lost_steps: int | None = None, detail: str | None = None) -> None:

@@ -87,6 +87,11 @@ class RunDir:
     def driver_lock(self) -> Path:
         return self.root / "driver.lock"
 
+    @property
+    def reserve(self) -> Path:
+        """Disk space the driver holds while it runs, given back to close the journal on a full disk."""
+        return self.root / ".reserve"
+
     def job(self, name: str) -> JobDir:
         return JobDir(self.root / "jobs" / name)
 

@@ -108,3 +108,22 @@ def find_run(runs_root: Path, run: str | None) -> RunDir:
         raise FileNotFoundError(f"no runs under {runs_root}")
     # plan.yaml is written once, at creation: its mtime orders runs by when they started.
     return RunDir(max(runs, key=lambda d: (d / "plan.yaml").stat().st_mtime).resolve())
+
+
+RESERVE_BYTES = 8 << 20   # enough to close a journal: a few hundred rows and the WAL's checkpoint
+
+
+def make_reserve(rd: RunDir) -> None:
+    """Hold disk space for the journal's last writes; on a full disk it is all there is."""
+    try:
+        fd = os.open(rd.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)   # real blocks: a sparse file would free nothing
+        finally:
+            os.close(fd)
+    except OSError:
+        rd.reserve.unlink(missing_ok=True)   # already short of space: the run goes on without one
+
+
+def free_reserve(rd: RunDir) -> None:
+    rd.reserve.unlink(missing_ok=True)

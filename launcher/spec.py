@@ -107,15 +107,17 @@ class RetrySpec(Strict):
 class HangSpec(Strict):
     startup: float = Field(900.0, gt=0, description="seconds until the first heartbeat step")
     step: float | Literal["auto"] = Field("auto", description="seconds without a new step, or auto (learned)")
-    eval: float = Field(3600.0, gt=0, description="seconds without a heartbeat while evaluating")
-    save: float = Field(1800.0, gt=0, description="seconds without a heartbeat while saving a checkpoint")
-    factor: float = Field(5.0, gt=1, description="auto: timeout = factor x slowest step seen")
-    min_step: float = Field(60.0, gt=0, description="auto never goes below this")
+    eval: float | Literal["auto"] = Field(3600.0, description="seconds without progress (an evaluation batch) "
+                                                            "while evaluating, or auto (learned)")
+    save: float | Literal["auto"] = Field(1800.0, description="seconds a checkpoint save may take, or auto (learned)")
+    factor: float = Field(5.0, gt=1, description="auto: timeout = factor x slowest sample seen (a step, an "
+                                                 "evaluation batch, a save)")
+    min_step: float = Field(60.0, gt=0, description="auto never goes below this (every auto phase)")
     warmup_steps: int = Field(3, ge=0, description="auto: steps ignored before learning")
 
-    @field_validator("step", mode="before")
+    @field_validator("step", "eval", "save", mode="before")
     @classmethod
-    def _step(cls, v: Any) -> Any:
+    def _seconds_or_auto(cls, v: Any) -> Any:
         # One message instead of one per union member (float, 'auto'), and no zero/negative timeout.
         if v == "auto":
             return v

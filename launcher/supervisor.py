@@ -34,6 +34,11 @@ class Observation:
 PHASE_PRIORITY = ("saving", "evaluating", "training", "done")
 
 
+# The phases whose timeout may be `auto`, and what one sample of each is: the time one training
+# step took, one evaluation batch, one whole save.
+LEARNED_PHASES = ("training", "evaluating", "saving")
+
+
 @dataclass
 class AttemptWatch:
     """Progress tracking for one attempt of one job.
@@ -46,24 +51,36 @@ class AttemptWatch:
 
     hang: HangSpec
     started: float = field(default_factory=time.time)
-    learned_step_timeout: float | None = None     # carried over from earlier attempts
+    learned: dict[str, float] = field(default_factory=dict)   # phase -> timeout; carried over from earlier attempts
     last_step: int = -1
     last_progress: float = 0.0
     steps_seen: int = 0
-    slowest_step: float = 0.0
+    slowest: dict[str, float] = field(default_factory=dict)   # phase -> slowest sample this attempt
     signature: tuple[int, str, int] | None = None  # (slowest step, job phase, slowest units in it)
 
     def __post_init__(self) -> None:
         self.last_progress = self.started
+        self.learned = dict(self.learned)
+
+    def _configured(self, phase: str) -> float | str:
+        return {"training": self.hang.step, "evaluating": self.hang.eval, "saving": self.hang.save}[phase]
+
+    def timeout(self, phase: str) -> float | None:
+        """A learned phase's timeout: None until known; fixed from the plan, or learned (auto)."""
+        configured = self._configured(phase)
+        if configured != "auto":
+            return float(configured)
+        warm = self.steps_seen > self.hang.warmup_steps if phase == "training" else True
+        if warm and self.slowest.get(phase, 0) > 0:
+            learned = max(self.hang.min_step, self.hang.factor * self.slowest[phase])
+            self.learned[phase] = max(learned, self.learned.get(phase, 0.0))
+        return self.learned.get(phase)
 
     def step_timeout(self) -> float | None:
-        """None until known: fixed from the plan, or learned after warm-up (auto)."""
-        if self.hang.step != "auto":
-            return float(self.hang.step)
-        if self.steps_seen > self.hang.warmup_steps and self.slowest_step > 0:
-            learned = max(self.hang.min_step, self.hang.factor * self.slowest_step)
-            self.learned_step_timeout = max(learned, self.learned_step_timeout or 0.0)
-        return self.learned_step_timeout
+        return self.timeout("training")
+
+    def _sample(self, phase: str, seconds: float) -> None:
+        self.slowest[phase] = max(self.slowest.get(phase, 0.0), seconds)
 
     def observe(self, ranks: list[dict[str, Any]], now: float | None = None) -> Observation:
         now = time.time() if now is None else now
@@ -83,13 +100,7 @@ class AttemptWatch:
         units = min((b.get("progress", 0) for b in beats if b["phase"] == phase), default=0)
         signature = (step, phase, units)
         if signature != self.signature and phase != "start-up":
-            # Step timing: only time spent in training counts; entering training (after an evaluation
-            # or a save) was progress itself, so the clock restarted there.
-            if phase == "training" and step > self.last_step >= 0 and step > 0:
-                per_step = (now - self.last_progress) / (step - self.last_step)
-                self.steps_seen += step - self.last_step
-                if self.steps_seen > self.hang.warmup_steps:
-                    self.slowest_step = max(self.slowest_step, per_step)
+            self._learn(phase, step, units, now)
             if step > 0:
                 self.last_step = max(self.last_step, step)
             self.last_progress = now
@@ -101,9 +112,32 @@ class AttemptWatch:
             obs.detail = f"no progress for {idle:.0f}s in phase {phase} (timeout {limit:.0f}s) at step {step}"
         return obs
 
+    def _learn(self, phase: str, step: int, units: int, now: float) -> None:
+        """What the time since the last progress was a sample of. Entering a phase is progress
+        itself (its clock restarts there), so only time spent inside one phase is a sample."""
+        if self.signature is None:
+            return
+        prev_step, prev_phase, prev_units = self.signature
+        spent = now - self.last_progress
+        if phase == "training" and prev_phase == "training" and step > prev_step and step > 0:
+            self.steps_seen += step - prev_step
+            if self.steps_seen > self.hang.warmup_steps:
+                self._sample("training", spent / (step - prev_step))
+        elif phase == "evaluating" and prev_phase == "evaluating" and step == prev_step and units > prev_units:
+            self._sample("evaluating", spent / (units - prev_units))
+        elif prev_phase == "saving" and phase != "saving":
+            self._sample("saving", spent)   # one whole save
+
     def _failure(self, obs: Observation, failed: list[dict[str, Any]]) -> Observation:
         """Any failed rank's OOM makes the attempt an OOM (its peers then fail in a broken
-        collective, often first); otherwise the lowest failed rank is the crash."""
+        collective, often first): CUDA's message in its log, or the kernel's OOM killer, which
+        leaves no log line (the agent saw the kill in the memory cgroup's counter). Otherwise the
+        lowest failed rank is the crash."""
+        killer = next((r for r in failed if r.get("oom_killed")), None)
+        if killer is not None:
+            obs.verdict = "oom"
+            obs.detail = f"rank {killer['rank']} exited with {killer['exit_code']}: {killer['oom_killed']}"
+            return obs
         oom = next((r for r in failed if OOM_RE.search("\n".join(r["log_tail"][-40:]))), None)
         r = oom or failed[0]
         obs.verdict = "oom" if oom else "crash"
@@ -123,14 +157,10 @@ class AttemptWatch:
     def _limit(self, phase: str) -> float | None:
         if phase == "start-up":
             return self.hang.startup
-        if phase == "saving":
-            return self.hang.save
-        if phase == "evaluating":
-            return self.hang.eval
-        if phase == "done":
-            return self.hang.save   # writing final outputs
-        # Until the step time is learned, the start-up allowance still applies.
-        return self.step_timeout() or self.hang.startup
+        if phase == "done":   # writing final outputs
+            return self.timeout("saving") or self.hang.startup
+        # Until an auto phase's timeout is learned, the start-up allowance applies.
+        return self.timeout(phase) or self.hang.startup
 
 
 @dataclass
@@ -149,6 +179,12 @@ def decide_retry(retry: RetrySpec, restarts_so_far: int, restarts_without_progre
                                        f"(retry.no_progress_limit): not looping")
     delay = min(retry.backoff * (2 ** restarts_so_far), retry.backoff_max)
     return RetryDecision(True, delay, f"{verdict}; restart {restarts_so_far + 1}/{retry.max_restarts} in {delay:.0f}s")
+
+
+def checkpoint_suspect(verdict: Verdict, resumed_from: str | None, step: int, start_step: int) -> bool:
+    """Whether a failed attempt may have died loading its checkpoint: it crashed after resuming
+    and before getting past the step it resumed at. The checkpoint is then verified in full."""
+    return verdict == "crash" and resumed_from is not None and step <= start_step
 
 
 def smaller_micro_batch(batch_size: int, grad_accum: int) -> tuple[int, int] | None:

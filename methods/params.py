@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from launcher.pathcheck import NAME_CHARS_MAX
 
 
 class Params(BaseModel):
@@ -43,6 +45,19 @@ class EvalParams(Params):
     max_new_tokens: int = Field(512, ge=1)
     max_prompt_length: int = Field(1024, ge=8, description="prompt tokens kept (the tail, which holds the cue)")
     output_name: str | None = Field(None, description="seed file name; default: the evaluated adapter's job name")
+
+    @field_validator("output_name")
+    @classmethod
+    def _plain_file_name(cls, v: str | None) -> str | None:
+        # Checked with the plan, not when the rank writes `<name>_sentiment_eval.json` (job name limit alike).
+        if v is None:
+            return v
+        if "/" in v or not v.strip("."):
+            raise ValueError(f"must be a plain file name, without '/' and not '.' or '..' (got {v!r:.60})")
+        size = len(v.encode("utf-8", "surrogatepass"))
+        if size > NAME_CHARS_MAX:
+            raise ValueError(f"{size} bytes; at most {NAME_CHARS_MAX} (files are named after it)")
+        return v
 
 
 class EvalHSParams(EvalParams):
@@ -132,3 +147,9 @@ class SyntheticParams(Params):
     hang_in_save_at_step: int | None = Field(None, ge=1, description="stall while writing this step's checkpoint")
     fail_result: bool = Field(False, description="finish but report status failed in result.json")
     spawn_child: bool = Field(False, description="start a long-sleeping child process (tests that sweeps reach a rank's descendants)")
+    host_oom_at_step: int | None = Field(None, ge=1, description="run out of host memory at this step: the rank joins a "
+                                                               "memory cgroup with a limit at start, then allocates until "
+                                                               "the kernel's OOM killer ends it (needs root)")
+    corrupt_checkpoint_at_step: int | None = Field(None, ge=1, description="after this step's checkpoint is complete, "
+                                                                         "garble its state.json in place (same size: "
+                                                                         "only reading it finds out)")

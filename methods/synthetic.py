@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import checkpoints, heartbeat
+from launcher import checkpoints, heartbeat, oomkill
 from launcher.atomic import append_jsonl, read_json, write_json
 from launcher.layout import JobDir
 from launcher.spec import JobFile
@@ -29,10 +29,25 @@ def _faulty(p: SyntheticParams, job: JobFile, rank: int) -> bool:
 def _start_step(job: JobFile) -> int:
     if not job.resume_from:
         return 0
-    state = read_json(Path(job.resume_from) / "state.json")
+    try:
+        state = read_json(Path(job.resume_from) / "state.json")
+    except ValueError:
+        # Like a real loader: the error, then a screenful of teardown noise after it.
+        import traceback
+        traceback.print_exc()
+        for i in range(12):
+            print(f"[synthetic] rank teardown: closing resource {i}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     if state is None:
         raise RuntimeError(f"checkpoint {job.resume_from} has no state.json")
     return int(state["step"])
+
+
+def _exhaust_host_memory() -> None:
+    """Allocate and touch memory until the cgroup's limit makes the kernel kill this process."""
+    hoard = []
+    while True:
+        hoard.append(bytearray(b"x" * (16 << 20)))
 
 
 def run(job: JobFile) -> int:
@@ -56,6 +71,9 @@ def run(job: JobFile) -> int:
     step = _start_step(job)
     print(f"[synthetic] rank {rank} attempt {job.attempt} starting at step {step}/{p.steps}", flush=True)
     faulty = _faulty(p, job, rank)
+    if faulty and p.host_oom_at_step:
+        cg = oomkill.join_limited_cgroup(256 << 20)
+        print(f"[synthetic] rank {rank} joined memory cgroup {cg} (256 MiB)", flush=True)
     if p.spawn_child:
         # Not covered by the parent-death signal (not inherited): only the launcher's sweep ends it.
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
@@ -71,6 +89,8 @@ def run(job: JobFile) -> int:
             return 1
         if faulty and p.hang_at_step == step:
             stall(f"at step {step}")
+        if faulty and p.host_oom_at_step == step:
+            _exhaust_host_memory()
         beat(step, "training", loss)
         if p.eval_every and step % p.eval_every == 0:
             # Like the Trainer: evaluation after the step, batch by batch, each batch a heartbeat.
@@ -93,6 +113,9 @@ def run(job: JobFile) -> int:
                     print(f"[synthetic] injected crash while saving checkpoint-{step}", file=sys.stderr, flush=True)
                     os._exit(CRASH_EXIT)  # no marker: this checkpoint stays incomplete
                 checkpoints.mark_complete(ckpt, step)
+                if faulty and p.corrupt_checkpoint_at_step == step:
+                    size = (ckpt / "state.json").stat().st_size
+                    (ckpt / "state.json").write_bytes(b"\x00" * size)   # the manifest's size still matches
                 checkpoints.prune(jd.checkpoints, job.checkpoint.keep)
                 beat(step, "training", loss)
     beat(step, "done")

@@ -111,3 +111,41 @@ def test_verify_catches_truncated_and_missing_files_and_newest_usable_falls_back
     assert verify(root / "checkpoint-5") == "state.json is missing"
     assert newest_usable(root, set())[0] is None
     assert newest_usable(root, {root / "checkpoint-10"})[1] == [(root / "checkpoint-5", "state.json is missing")]
+
+
+def test_deep_verify_finds_what_sizes_cannot(tmp_path):
+    """A garbled file of the right size passes the cheap check and fails the deep one."""
+    p = make(tmp_path, 10, complete=True)
+    (p / "state.json").write_bytes(b"\x00" * (p / "state.json").stat().st_size)
+    assert ck.verify(p) is None
+    assert ck.verify(p, deep=True).startswith("state.json cannot be read: JSONDecodeError")
+
+
+def test_deep_verify_reads_safetensors_headers(tmp_path):
+    import json
+    import struct
+    p = tmp_path / "checkpoint-5"
+    p.mkdir()
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    (p / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 16)
+    ck.mark_complete(p, 5)
+    assert ck.verify(p, deep=True) is None
+    whole = (p / "model.safetensors").read_bytes()
+    (p / "model.safetensors").write_bytes(struct.pack("<Q", 10**9) + whole[8:])   # same size, header length garbled
+    assert "declares a 1000000000-byte header" in ck.verify(p, deep=True)
+
+
+def test_deep_verify_checks_torch_archives_crcs(tmp_path):
+    import torch
+    p = tmp_path / "checkpoint-7"
+    p.mkdir()
+    torch.save({"w": torch.arange(64.0)}, p / "optimizer.pt")
+    ck.mark_complete(p, 7)
+    assert ck.verify(p, deep=True) is None
+    data = bytearray((p / "optimizer.pt").read_bytes())
+    blob = bytes(torch.arange(64.0).numpy().tobytes())
+    at = bytes(data).index(blob[8:40])   # inside the tensor's stored bytes: only the CRC can tell
+    data[at] ^= 0xFF
+    (p / "optimizer.pt").write_bytes(bytes(data))
+    assert ck.verify(p) is None
+    assert "fails its CRC check" in ck.verify(p, deep=True)

@@ -164,7 +164,7 @@ def test_decisions_come_back_all_and_in_order(tmp_path):
     j = Journal(tmp_path / "run.db")
     made = [Decision("a", "micro_batch", {"batch_size": 2, "grad_accum": 2}),
             Decision("b", "bad_checkpoint", {"path": "/r/b/checkpoint-10"})]
-    made += [Decision("a", "step_timeout", {"seconds": float(s)}) for s in range(1, 1500)]   # more than events() reads
+    made += [Decision("a", "timeout", {"phase": "training", "seconds": float(s)}) for s in range(1, 1500)]   # more than events() reads
     for d in made:
         j.record_decision(d)
     for i in range(1200):
@@ -172,7 +172,7 @@ def test_decisions_come_back_all_and_in_order(tmp_path):
     j.close()
     ro = Journal(tmp_path / "run.db", readonly=True)
     assert ro.decisions() == made and ro.decisions("b") == [made[1]]
-    assert ro.decisions("a")[-1].data == {"seconds": 1499.0}
+    assert ro.decisions("a")[-1].data == {"phase": "training", "seconds": 1499.0}
     ro.close()
 
 
@@ -181,3 +181,17 @@ def test_a_journal_from_before_decisions_reads_as_none(tmp_path):
     db.execute("CREATE TABLE runs (run_id TEXT)")
     db.close()
     assert Journal(tmp_path / "old.db", readonly=True).decisions() == []
+
+
+def test_a_full_database_is_a_journal_error_and_leaves_the_last_state(tmp_path):
+    from launcher.journal import JournalError
+    j = Journal(tmp_path / "run.db")
+    j.create_run("r1", "plan.yaml", {}, 1, 1.0, "h")
+    pages = j.db.execute("PRAGMA page_count").fetchone()[0]
+    j.db.execute(f"PRAGMA max_page_count={pages}")   # SQLite's own "database or disk is full"
+    with pytest.raises(JournalError, match="database or disk is full"):
+        for i in range(10_000):
+            j.event("note", "x" * 500)
+    j.db.execute("PRAGMA max_page_count=1073741823")
+    j.set_run(state="failed")
+    assert j.run()["state"] == "failed"

@@ -9,17 +9,18 @@ import pytest
 from launcher.agent import RankStatus
 from launcher.heartbeat import Heartbeat
 from launcher.spec import HangSpec, RetrySpec
-from launcher.supervisor import AttemptWatch, decide_retry, smaller_micro_batch
+from launcher.supervisor import AttemptWatch, checkpoint_suspect, decide_retry, smaller_micro_batch
 
 T0 = 1000.0
 
 
 def rank(r: int, step: int | None = None, phase: str = "training", exit_code: int | None = None,
-         log: list[str] | None = None, total: int = 100, loss: float | None = None) -> dict:
+         log: list[str] | None = None, total: int = 100, loss: float | None = None, progress: int = 0,
+         oom_killed: str | None = None) -> dict:
     hb = None if step is None else asdict(Heartbeat(rank=r, step=step, total_steps=total, phase=phase, time=0.0,
-                                                    pid=4000 + r, loss=loss))
+                                                    pid=4000 + r, loss=loss, progress=progress))
     return asdict(RankStatus(rank=r, pid=4000 + r, create_time=1.0, exit_code=exit_code, heartbeat=hb,
-                             log_tail=log or []))
+                             log_tail=log or [], oom_killed=oom_killed))
 
 
 def watch(**hang) -> AttemptWatch:
@@ -119,9 +120,9 @@ def test_auto_step_timeout_learned_after_warmup():
         assert w.observe([rank(0, s)], now=T0 + t).verdict == "running"
         if s < 3:
             assert w.step_timeout() is None        # still warming up: start-up allowance applies
-    assert w.slowest_step == 2.0
+    assert w.slowest["training"] == 2.0
     assert w.step_timeout() == 10.0               # max(min_step 1, 5 x 2s)
-    assert w.learned_step_timeout == 10.0
+    assert w.learned == {"training": 10.0}
     assert w.observe([rank(0, 4)], now=T0 + 16).verdict == "running"
     obs = w.observe([rank(0, 4)], now=T0 + 16.5)
     assert obs.verdict == "hang"
@@ -144,7 +145,8 @@ def test_auto_step_timeout_never_below_min_step():
 
 
 def test_auto_step_timeout_carries_over_and_never_shrinks():
-    w = AttemptWatch(HangSpec(step="auto", factor=5, min_step=1, warmup_steps=0), started=T0, learned_step_timeout=50.0)
+    w = AttemptWatch(HangSpec(step="auto", factor=5, min_step=1, warmup_steps=0), started=T0,
+                     learned={"training": 50.0})
     assert w.step_timeout() == 50.0
     w.observe([rank(0, 0)], now=T0 + 1)
     w.observe([rank(0, 1)], now=T0 + 2)           # 1 s step: 5 s would be learned, 50 s is kept
@@ -224,7 +226,7 @@ def test_step_time_learning_ignores_evaluation_and_saving():
     w.observe([rank(0, 4, "saving")], now=T0 + 40)
     w.observe([rank(0, 4)], now=T0 + 60)
     w.observe([rank(0, 5)], now=T0 + 61)
-    assert w.slowest_step == 1.0 and w.step_timeout() == 5.0
+    assert w.slowest["training"] == 1.0 and w.step_timeout() == 5.0
 
 
 def test_oom_on_any_rank_beats_the_broken_collective_of_another():
@@ -287,3 +289,84 @@ def test_oom_micro_batch_keeps_the_effective_batch(before, after):
     assert got == after
     if got is not None:
         assert got[0] * got[1] == before[0] * before[1] and got[0] <= before[0] // 2
+
+
+# --------------------------------------------------------------------------- auto per phase
+
+def test_auto_eval_timeout_is_learned_from_the_slowest_batch_and_watches_the_next_evaluation():
+    w = watch(startup=100, step=50, eval="auto", factor=5, min_step=1)
+    w.observe([rank(0, 1)], now=T0 + 1)
+    for b, (t, learned) in enumerate([(2, None), (4, 10.0), (7, 15.0), (9, 15.0)]):   # batches 2, 3, 2 s apart
+        assert w.observe([rank(0, 1, "evaluating", progress=b)], now=T0 + t).verdict == "running"
+        assert w.timeout("evaluating") == learned
+    assert w.learned == {"evaluating": 15.0}        # 5 x the slowest batch (3 s)
+    w.observe([rank(0, 1)], now=T0 + 10)
+    w.observe([rank(0, 2)], now=T0 + 11)
+    w.observe([rank(0, 2, "evaluating", progress=0)], now=T0 + 12)
+    assert w.observe([rank(0, 2, "evaluating", progress=0)], now=T0 + 26).verdict == "running"
+    obs = w.observe([rank(0, 2, "evaluating", progress=0)], now=T0 + 27.5)
+    assert obs.verdict == "hang" and "in phase evaluating (timeout 15s)" in obs.detail
+
+
+def test_auto_eval_before_any_batch_uses_the_startup_allowance():
+    w = watch(startup=100, step=50, eval="auto", factor=5, min_step=1)
+    w.observe([rank(0, 1)], now=T0 + 1)
+    w.observe([rank(0, 1, "evaluating")], now=T0 + 2)
+    assert w.observe([rank(0, 1, "evaluating")], now=T0 + 101).verdict == "running"
+    assert w.observe([rank(0, 1, "evaluating")], now=T0 + 103).verdict == "hang"
+
+
+def test_auto_save_timeout_is_learned_from_whole_saves():
+    w = watch(startup=100, step=50, save="auto", factor=2, min_step=1)
+    w.observe([rank(0, 1)], now=T0 + 1)
+    w.observe([rank(0, 1, "saving")], now=T0 + 2)
+    w.observe([rank(0, 1)], now=T0 + 32)            # a 30 s save
+    assert w.timeout("saving") == 60.0
+    w.observe([rank(0, 2)], now=T0 + 33)
+    w.observe([rank(0, 2, "saving")], now=T0 + 34)
+    assert w.observe([rank(0, 2, "saving")], now=T0 + 93).verdict == "running"
+    assert w.observe([rank(0, 2, "saving")], now=T0 + 95).verdict == "hang"
+
+
+def test_learned_phase_timeouts_carry_over_per_phase():
+    w = AttemptWatch(HangSpec(step="auto", eval="auto", save="auto"), started=T0,
+                     learned={"training": 70.0, "saving": 300.0})
+    assert (w.timeout("training"), w.timeout("evaluating"), w.timeout("saving")) == (70.0, None, 300.0)
+
+
+def test_a_fixed_phase_timeout_is_never_learned():
+    w = watch(startup=100, step=5, eval=40, save=30, factor=5, min_step=1, warmup_steps=0)
+    for t in range(1, 6):
+        w.observe([rank(0, t)], now=T0 + t)
+    w.observe([rank(0, 5, "evaluating", progress=0)], now=T0 + 6)
+    w.observe([rank(0, 5, "evaluating", progress=1)], now=T0 + 16)
+    assert w.learned == {} and w.timeout("evaluating") == 40.0
+
+
+# --------------------------------------------------------------------------- kernel OOM, checkpoints
+
+def test_a_kernel_oom_kill_with_no_log_line_is_an_oom():
+    w = watch()
+    w.observe([rank(0, 5), rank(1, 5)], now=T0 + 1)
+    why = "killed by the kernel's OOM killer (host memory): oom_kill went 0 -> 1 in its memory cgroup (/sys/x)"
+    obs = w.observe([rank(0, 5, exit_code=-6, log=["gloo: connection reset"]), rank(1, 5, exit_code=-9, oom_killed=why)],
+                    now=T0 + 2)
+    assert obs.verdict == "oom" and obs.detail == f"rank 1 exited with -9: {why}"
+
+
+def test_a_sigkill_without_the_oom_counter_moving_is_a_crash():
+    w = watch()
+    w.observe([rank(0, 5)], now=T0 + 1)
+    assert w.observe([rank(0, 5, exit_code=-9)], now=T0 + 2).verdict == "crash"
+
+
+@pytest.mark.parametrize("verdict, resumed, step, start, suspect", [
+    ("crash", "/c/checkpoint-10", 10, 10, True),     # died at the step it resumed at
+    ("crash", "/c/checkpoint-10", 0, 10, True),      # died while loading (heartbeat still at 0)
+    ("crash", "/c/checkpoint-10", 11, 10, False),    # got past it: the checkpoint loaded
+    ("crash", None, 0, 0, False),                    # fresh start: no checkpoint to blame
+    ("hang", "/c/checkpoint-10", 0, 10, False),
+    ("oom", "/c/checkpoint-10", 0, 10, False),
+])
+def test_checkpoint_suspect(verdict, resumed, step, start, suspect):
+    assert checkpoint_suspect(verdict, resumed, step, start) is suspect

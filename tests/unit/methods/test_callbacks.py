@@ -22,3 +22,9 @@ def test_advance_counts_units_and_throttles_writes(tmp_path, monkeypatch):
     assert (on_disk.phase, on_disk.step, on_disk.progress) == ("evaluating", 7, 4) and on_disk.time > 101
     hb.beat("saving")             # a new phase starts counting from zero
     assert heartbeat.read(tmp_path / "hb.json").progress == 0
+
+
+def test_a_heartbeat_file_that_is_not_a_heartbeat_reads_as_none(tmp_path):
+    for junk in (b"{not json", b"\xff\xfe", b"[1, 2]", b'{"rank": 0}'):
+        (tmp_path / "hb.json").write_bytes(junk)
+        assert heartbeat.read(tmp_path / "hb.json") is None

@@ -1,0 +1,96 @@
+"""Releasing one attempt: py-spy stacks (for a hang), stop the ranks, free agents and placement group.
+
+This is the slow part of a restart (py-spy up to 20 s a rank, TERM grace, the GPU-memory release
+wait up to a minute), so it runs in a worker thread while the driver's loop goes on watching and
+starting the other jobs. Nothing here writes the journal: it returns a `Released` that the
+driver's own thread records (SQLite connections are not shared across threads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.util.placement_group import PlacementGroup, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from launcher import checkpoints
+from launcher.agent import sweep_node
+
+RPC_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Unreleased:
+    """GPUs whose memory did not come back after the job's processes were gone."""
+    bundle: int
+    gpus: list[str]
+    waited_s: float
+    still_held: Any
+    job_pids_on_gpu: Any
+
+
+@dataclass
+class Released:
+    exit_codes: dict[int, int | None] = field(default_factory=dict)
+    still_alive: list[int] = field(default_factory=list)
+    unreleased: list[Unreleased] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)       # for the journal's events, in order
+    checkpoint_problem: str | None = None                # what `verify` found wrong with the checkpoint asked about
+
+
+@dataclass(frozen=True)
+class SweepTarget:
+    """What the journal recorded on one node, for when its agent cannot answer."""
+    node: str
+    records: list[tuple[int, float, bool]]   # (pid, create_time, is_rank_leader)
+
+
+def release(run_id: str, agents: list[Any], pg: PlacementGroup | None, grace: float, dump_stacks: bool,
+            sweeps: dict[int, SweepTarget], verify: Path | None = None) -> Released:
+    """Blocking; meant for a worker thread. Every step is bounded by a timeout, and an agent that
+    cannot answer has its node swept from the journal's records by a task pinned to that node.
+    `verify`: a checkpoint the attempt died loading, checked in full once its ranks are gone."""
+    out = Released()
+    if dump_stacks:   # stacks first, so the cause of a hang can be found, then no long grace
+        try:
+            ray.get([ag.dump_stacks.remote() for ag in agents], timeout=RPC_TIMEOUT_S)
+        except (RayError, GetTimeoutError) as e:
+            out.notes.append(f"could not dump stacks: {type(e).__name__}")
+    refs = [ag.stop.remote(grace) for ag in agents]
+    for i, ref in enumerate(refs):
+        try:
+            res = ray.get(ref, timeout=grace + 120)
+        except (RayActorError, GetTimeoutError, RayError) as e:
+            out.notes.append(f"agent {i} did not stop its ranks ({type(e).__name__}); sweeping its node")
+            if i in sweeps:
+                out.notes.append(_sweep(run_id, sweeps[i]))
+            continue
+        out.exit_codes.update({int(k): v for k, v in res["exit_codes"].items()})
+        out.still_alive += res["still_alive"]
+        rel = res.get("release")
+        if rel and not rel["released"]:
+            out.unreleased.append(Unreleased(i, res["gpus"], rel["waited_s"], rel["still_held"], rel["job_pids_on_gpu"]))
+    for ag in agents:
+        try:
+            ray.kill(ag, no_restart=True)
+        except (RayError, ValueError):
+            pass   # already gone
+    if pg is not None:
+        remove_placement_group(pg)
+    if verify is not None:
+        out.checkpoint_problem = checkpoints.verify(verify, deep=True)
+    return out
+
+
+def _sweep(run_id: str, target: SweepTarget) -> str:
+    strat = NodeAffinitySchedulingStrategy(node_id=target.node, soft=False)
+    try:
+        hit = ray.get(sweep_node.options(scheduling_strategy=strat).remote(run_id, target.records),
+                      timeout=RPC_TIMEOUT_S)
+        return f"swept {len(hit)} leftover process(es) on node {target.node[:8]}: {hit}"
+    except (RayError, GetTimeoutError) as e:
+        return f"could not sweep node {target.node[:8]} ({type(e).__name__}); is the node gone?"
