@@ -2,9 +2,9 @@
 
 A rank killed for host memory leaves no line in its log (exit -9, nothing else), so its log cannot
 say OOM. The agent reads the counter of the rank's memory cgroup while the rank lives and again
-once it died: a kill that raised it was the OOM killer. Where no cgroup counter can be read,
-the node-wide one in /proc/vmstat stands in (then another process's OOM could coincide: the
-detail says which counter moved).
+once it died: a kill that raised it was the OOM killer. The node-wide counter in /proc/vmstat is
+read beside it, for a rank whose cgroup has no counter, or that changed cgroups after the last
+look (then another process's OOM kill could coincide: the detail says which counter moved).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ VMSTAT = Path("/proc/vmstat")
 
 @dataclass(frozen=True)
 class OomCounter:
-    source: Path   # the file it was read from
+    source: Path | None   # the rank's memory cgroup counter file, where there is one
     count: int
+    node: int | None = None   # /proc/vmstat's oom_kill at the same time
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -75,23 +76,28 @@ def _count(path: Path) -> int | None:
 
 
 def read(pid: int) -> OomCounter | None:
-    """The counter that would move if `pid` were OOM-killed now."""
-    for path in [*counter_files(pid), VMSTAT]:
+    """The counters that would move if `pid` were OOM-killed now."""
+    node = _count(VMSTAT)
+    for path in counter_files(pid):
         n = _count(path)
         if n is not None:
-            return OomCounter(path, n)
-    return None
+            return OomCounter(path, n, node)
+    return OomCounter(None, 0, node) if node is not None else None
 
 
 def oom_killed(before: OomCounter | None, exit_code: int | None) -> str | None:
     """Why a rank that died of SIGKILL died, if the OOM killer did it; None otherwise."""
     if before is None or exit_code != -signal.SIGKILL:
         return None
-    now = _count(before.source)
-    if now is None or now <= before.count:
-        return None
-    where = "on this node" if before.source == VMSTAT else f"in its memory cgroup ({before.source.parent})"
-    return f"killed by the kernel's OOM killer (host memory): oom_kill went {before.count} -> {now} {where}"
+    now = _count(before.source) if before.source is not None else None
+    if now is not None and now > before.count:
+        return (f"killed by the kernel's OOM killer (host memory): oom_kill went {before.count} -> {now} "
+                f"in its memory cgroup ({before.source.parent})")
+    node = _count(VMSTAT)
+    if before.node is not None and node is not None and node > before.node:
+        return (f"killed by the kernel's OOM killer (host memory): oom_kill went {before.node} -> {node} "
+                "on this node while it died")
+    return None
 
 
 def join_limited_cgroup(limit_bytes: int) -> Path:

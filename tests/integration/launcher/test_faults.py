@@ -219,3 +219,49 @@ def test_oom_decision_survives_a_resume(runs: Path, tmp_path: Path) -> None:
     third = read_json(jd / "job-3.json")["training"]
     assert (third["batch_size"], third["grad_accum"]) == (2, 2)
     assert job(st, "train")["state"] == "succeeded"
+
+
+def _writable_memory_cgroup() -> bool:
+    from launcher import oomkill
+    return os.geteuid() == 0 and any(kind == "cgroup" and "memory" in opts or kind == "cgroup2"
+                                     for _, kind, opts in oomkill._mounts())
+
+
+@pytest.mark.skipif(not _writable_memory_cgroup(), reason="needs root and a memory cgroup (a real kernel OOM kill)")
+def test_a_kernel_oom_kill_is_an_oom_and_shrinks_the_micro_batch(runs: Path, tmp_path: Path) -> None:
+    """Rank 0 joins a 256 MiB memory cgroup and allocates until the kernel's OOM killer ends it:
+    exit -9, no log line. It is classified by the cgroup's oom_kill counter, not as a crash."""
+    run = start_detached(write_plan(tmp_path, plan_text("host_oom_at_step: 12")), runs)
+    try:
+        st = _check_recovered(runs, run, "oom")
+    finally:
+        for cg in Path("/sys/fs/cgroup").glob("*/sl-synthetic-oom-*"):
+            cg.rmdir()
+    first = job(st, "train")["attempts"][0]
+    assert "killed by the kernel's OOM killer" in first["detail"] and first["exit_codes"]["0"] == -9, first
+    second = read_json(Path(st["dir"]) / "jobs" / "train" / "job-2.json")["training"]
+    assert (second["batch_size"], second["grad_accum"]) == (2, 2)
+
+
+def test_a_checkpoint_that_fails_to_load_is_found_by_its_manifest_and_skipped(runs: Path, tmp_path: Path) -> None:
+    """checkpoint-15 is garbled in place (sizes still match the manifest) and attempt 1 crashes at
+    17. Attempt 2 dies loading it, its log ending in a dozen lines of teardown noise; reading the
+    checkpoint in full finds state.json broken, and attempt 3 resumes from checkpoint-10."""
+    run = start_detached(write_plan(tmp_path, plan_text("corrupt_checkpoint_at_step: 15, crash_at_step: 17")), runs)
+    st = wait_for(runs, run, _finished, timeout=240, what="the run to finish")
+    wait_driver_gone(runs, run)
+    j = job(st, "train")
+    assert st["state"] == "succeeded" and j["step"] == STEPS, j
+    a1, a2, a3 = j["attempts"]
+    assert a1["failure"] == "crash" and a2["failure"] == "crash"
+    assert a2["resumed_from"].endswith("checkpoint-15") and a3["resumed_from"].endswith("checkpoint-10"), j
+    from launcher.journal import Journal
+    jr = Journal(Path(st["dir"]) / "run.db", readonly=True)
+    try:
+        events = [e["message"] for e in jr.events("train")]
+        bad = [d.data["path"] for d in jr.decisions("train") if d.kind == "bad_checkpoint"]
+    finally:
+        jr.close()
+    assert any("checkpoint-15 is broken (state.json cannot be read: " in m for m in events), events
+    assert [Path(b).name for b in bad] == ["checkpoint-15"]
+    assert run_processes(run) == []

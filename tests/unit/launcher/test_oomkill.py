@@ -31,6 +31,18 @@ def test_no_oom_verdict_without_sigkill_or_without_the_counter_moving(tmp_path):
     assert oomkill.oom_killed(None, -signal.SIGKILL) is None                       # nothing to compare with
 
 
-def test_this_process_has_a_counter_to_read():
+def test_the_node_counter_stands_in_when_the_cgroup_one_did_not_move(tmp_path, monkeypatch):
+    f = counter_file(tmp_path, 3)
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("pgfault 10\noom_kill 7\n")
+    monkeypatch.setattr(oomkill, "VMSTAT", vmstat)
+    before = oomkill.OomCounter(f, 3, 7)
+    assert oomkill.oom_killed(before, -signal.SIGKILL) is None
+    vmstat.write_text("pgfault 10\noom_kill 8\n")   # the rank had moved to a cgroup not looked at yet
+    assert oomkill.oom_killed(before, -signal.SIGKILL) == \
+        "killed by the kernel's OOM killer (host memory): oom_kill went 7 -> 8 on this node while it died"
+
+
+def test_this_process_has_counters_to_read():
     c = oomkill.read(os.getpid())
-    assert c is not None and c.count >= 0 and c.source.is_file()
+    assert c is not None and c.node is not None and (c.source is None or c.source.is_file())
