@@ -11,6 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from launcher.pathcheck import is_file
 from launcher.spec import TrainingSpec
 
 
@@ -25,11 +26,28 @@ def shipped(repo_root: Path) -> list[str]:
 def locate(name_or_path: str, plan_dir: Path, repo_root: Path) -> Path | None:
     """A shipped name (zero2) first, then a path relative to the plan, then as given."""
     named = ds_dir(repo_root) / f"{name_or_path}.json"
-    if "/" not in name_or_path and named.is_file():
+    if "/" not in name_or_path and is_file(named):
         return named
-    for cand in (plan_dir / name_or_path, Path(name_or_path).expanduser()):
-        if cand.is_file():
+    try:
+        as_given = Path(name_or_path).expanduser()
+    except RuntimeError:  # ~user for no such user
+        as_given = Path(name_or_path)
+    for cand in (plan_dir / name_or_path, as_given):
+        if is_file(cand):
             return cand.resolve()
+    return None
+
+
+def shape_problem(cfg: Any) -> str | None:
+    """Why a loaded config is not one the launcher can fill and print (None when it is)."""
+    if not isinstance(cfg, dict):
+        return f"expected a JSON object, got {type(cfg).__name__}"
+    zero = cfg.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        return f"zero_optimization must be an object (got {zero!r:.40})"
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        return f"zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r:.40})"
     return None
 
 

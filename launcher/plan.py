@@ -13,16 +13,17 @@ import types
 import typing
 import json
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from launcher import dsconfig
+from launcher import dsconfig, pathcheck, plantext
 from launcher.graph import JobGraph, find_cycle
 from launcher.layout import OUTPUTS
+from launcher.pathcheck import NAME_CHARS_MAX
 from launcher.resources import ClusterShape
 from launcher.spec import (CheckpointSpec, DataSource, HangSpec, ModelSpec, Resources, RetrySpec,
                            TrainingSpec)
@@ -82,10 +83,12 @@ class JobConfig(BaseModel):
 class PlanFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, description="plan name, the start of each run id (default: the file name without .yaml)")
+    name: str | None = Field(None, description="plan name, the start of each run id (default: the file name without "
+                                               f".yaml); letters, digits, _ . = -, at most {NAME_CHARS_MAX}")
     description: str | None = Field(None, description="free text for people; not used by the launcher")
     defaults: dict[str, Any] = Field(default_factory=dict, description="merged into every job (the job's own keys win)")
-    jobs: dict[str, dict[str, Any]] = Field(..., min_length=1, description="job name (letters, digits, _ . = -) -> job keys")
+    jobs: dict[str, dict[str, Any]] = Field(..., min_length=1, description="job name (letters, digits, _ . = -; at most "
+                                                                          f"{NAME_CHARS_MAX}) -> job keys")
 
 
 @dataclass
@@ -141,9 +144,9 @@ def apply_set(raw: dict[str, Any], assignment: str) -> None:
     if not all(keys):
         raise ValueError(f"--set {assignment!r}: empty key in {path!r}")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError as e:  # a ValueError, so load_plan reports it as a problem, not a traceback
-        raise ValueError(f"--set {assignment!r}: value is not valid YAML ({e.problem or e})") from None
+        parsed = plantext.yaml_value(value) if value != "" else ""
+    except ValueError as e:  # load_plan reports it as a problem, not a traceback
+        raise ValueError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
     node = raw
     for k in keys[:-1]:
         nxt = node.get(k)
@@ -155,11 +158,18 @@ def apply_set(raw: dict[str, Any], assignment: str) -> None:
     node[keys[-1]] = parsed
 
 
-def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_path(d: dict[str, Any], dotted: str, value: Any) -> str | None:
+    """Set a dotted matrix key in a job body; the reason when a key on the way holds no mapping."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
+    for i, k in enumerate(keys[:-1]):
+        if k not in d:
+            d[k] = {}
+        if not isinstance(d[k], dict):
+            return (f"{'.'.join(keys[:i + 1])} is {d[k]!r:.60}, not a mapping: a dotted matrix key must name a "
+                    f"value (e.g. training.max_steps)")
+        d = d[k]
     d[keys[-1]] = value
+    return None
 
 
 def _fmt(v: Any) -> str:
@@ -177,11 +187,9 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
     path = Path(path)
     fname = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PlanError([Problem(fname, "(file)", "no such plan file")])
-    except yaml.YAMLError as e:
-        raise PlanError([Problem(fname, "(yaml)", f"not valid YAML: {e}")])
+        raw = plantext.read(path)
+    except plantext.Unreadable as e:
+        raise PlanError([Problem(fname, e.key, e.message)]) from None
     if not isinstance(raw, dict):
         raise PlanError([Problem(fname, "(top)", "expected a mapping with 'jobs:' (and optional name, defaults)")])
     problems: list[Problem] = []
@@ -190,6 +198,10 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
             apply_set(raw, s)
         except ValueError as e:
             problems.append(Problem(fname, "--set", str(e)))
+    # Checked first and alone: the checks below look paths up, and the OS refuses these outright.
+    unusable = [Problem(fname, key, msg) for key, msg in plantext.tree_problems(raw)]
+    if unusable:
+        raise PlanError(problems + unusable)
     try:
         top = PlanFile.model_validate(raw)
     except ValidationError as e:
@@ -198,6 +210,7 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
             top = PlanFile.model_validate({k: v for k, v in raw.items() if k in PlanFile.model_fields})
         except ValidationError:
             raise PlanError(problems)
+    problems.extend(Problem(fname, "name", m) for m in _plan_name_problems(top.name, path))
     ctx = _Ctx(fname, (base_dir or path.parent).resolve(), repo_root or Path(__file__).resolve().parent.parent, cluster, problems)
     jobs = ctx.expand(top)
     ctx.check_graph(jobs)  # also when jobs had problems: every problem is reported at once
@@ -205,6 +218,22 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
         raise PlanError(list(dict.fromkeys(problems)))  # a swept job's error once, not once per child
     order = JobGraph({n: j.needs for n, j in jobs.items()}).order()
     return Plan(file=path.resolve(), name=top.name or path.stem, jobs={n: jobs[n] for n in order}, raw=raw)
+
+
+def _plan_name_problems(name: str | None, path: Path) -> list[str]:
+    """The plan name starts every run id, the run's directory name (rundir.new_run_id)."""
+    why = "(it starts every run id, a directory name)"
+    if not name:
+        stem = path.stem
+        if len(stem) > NAME_CHARS_MAX:
+            return [f"the plan file's name ({stem!r:.40}...), the plan name when name: is not set, has {len(stem)} "
+                    f"characters; set name: to at most {NAME_CHARS_MAX} {why}"]
+        return []
+    if not NAME_RE.match(name):
+        return [f"{name!r:.80} uses letters, digits, _ . = - only {why}"]
+    if len(name) > NAME_CHARS_MAX:
+        return [f"{len(name)} characters; at most {NAME_CHARS_MAX} {why}"]
+    return []
 
 
 def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
@@ -276,6 +305,10 @@ class _Ctx:
             if not NAME_RE.match(base):
                 self.err(where, "job names use letters, digits, _ . = - only")
                 continue
+            if len(base) > NAME_CHARS_MAX:
+                self.err(where, f"job name of {len(base)} characters; at most {NAME_CHARS_MAX} (it names the job's "
+                         "directory and files)")
+                continue
             if not isinstance(body, dict):
                 self.err(where, "expected a mapping (method, params, ...)")
                 continue
@@ -288,6 +321,11 @@ class _Ctx:
                 continue
             if matrix and any(not isinstance(v, list) or not v for v in matrix.values()):
                 self.err(f"{where}.matrix", "each matrix key needs a non-empty list of values")
+                continue
+            bad_keys = [k for k in matrix if not isinstance(k, str) or not all(k.split("."))]
+            if bad_keys:
+                self.err(f"{where}.matrix.{bad_keys[0]}",
+                         f"a matrix key is a param name or a dotted path such as training.lr (got {bad_keys[0]!r})")
                 continue
             combos = [dict(zip(matrix, vals)) for vals in itertools.product(*matrix.values())] if matrix else [{}]
             names = []
@@ -306,7 +344,10 @@ class _Ctx:
     def _one(self, base: str, where: str, merged: dict[str, Any], combo: dict[str, Any]) -> Job | None:
         body = copy.deepcopy(merged)
         for key, value in combo.items():
-            _set_path(body, key if "." in key else f"params.{key}", value)
+            why = _set_path(body, key if "." in key else f"params.{key}", value)
+            if why:
+                self.err(f"{where}.matrix.{key}", why)
+                return None
         try:
             cfg = JobConfig.model_validate(body)
         except ValidationError as e:
@@ -351,30 +392,72 @@ class _Ctx:
         if cfg.name_template:
             fields = {**params, **{k.rsplit(".", 1)[-1]: v for k, v in combo.items()}, "job": base, "method": cfg.method,
                       "model": cfg.model.short_name() if cfg.model else "none"}
-            try:
-                name = cfg.name_template.format(**{k: _fmt(v) for k, v in fields.items()})
-            except (KeyError, IndexError, ValueError) as e:
-                self.err(f"{where}.name_template", f"unknown field {e} in {cfg.name_template!r}; "
-                         f"available: {', '.join(sorted(fields))}")
+            name = self._fill_template(f"{where}.name_template", cfg.name_template, {k: _fmt(v) for k, v in fields.items()})
+            if name is None:
                 return None
         else:
             name = base + "." + ".".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in combo.items())
         if not NAME_RE.match(name):
             self.err(f"{where}.name_template", f"gives {name!r}, not a valid job name (letters, digits, _ . = -)")
             return None
+        if len(name) > NAME_CHARS_MAX:
+            self.err(f"{where}.name_template", f"gives a job name of {len(name)} characters ({name[:40]!r}...); at most "
+                     f"{NAME_CHARS_MAX} (it names the job's directory and files): name the children with a shorter "
+                     "name_template")
+            return None
         return name
 
+    def _fill_template(self, key: str, template: str, fields: dict[str, str]) -> str | None:
+        """Plain {field} substitution. Not str.format: that also runs {a.b}, {a[0]} and {a:>999999999}."""
+        try:
+            parts = list(string.Formatter().parse(template))
+        except ValueError as e:
+            self.err(key, f"{template!r} is not a template ({e}); fields are written {{rho}}, a brace {{{{ or }}}}")
+            return None
+        for _, field_name, spec, conv in parts:
+            if field_name is None:
+                continue
+            if field_name not in fields:
+                self.err(key, f"unknown field {field_name!r} in {template!r}; available: {', '.join(sorted(fields))}")
+                return None
+            if spec or conv:
+                written = "{" + field_name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                self.err(key, f"{written} in {template!r}: fields take no conversion or format here; "
+                         f"write {{{field_name}}}")
+                return None
+        return "".join(lit + (fields[f] if f is not None else "") for lit, f, _, _ in parts)
+
     def _local(self, value: str) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.plan_dir / p).resolve()
+        p = Path(value)
+        try:
+            p = p.expanduser()
+        except RuntimeError:  # ~user for no such user: taken as written (then reported missing)
+            pass
+        if p.is_absolute():
+            return p
+        try:
+            return (self.plan_dir / p).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: as written
+            return self.plan_dir / p
+
+    def _usable_path(self, key: str, value: str) -> bool:
+        """False (and a problem) for a path the OS would refuse to even look up."""
+        why = pathcheck.path_problem(value)
+        if why:
+            self.err(key, why)
+        return why is None
 
     def _check_model(self, where: str, m: ModelSpec) -> None:
-        if m.path and not REF_RE.search(m.path) and not self._local(m.path).exists() and not HUB_RE.match(m.path):
+        usable = {k: self._usable_path(f"{where}.{k}", v) for k in ("path", "gguf", "adapter", "tokenizer")
+                  if (v := getattr(m, k))}
+        if not all(usable.values()):
+            return
+        if m.path and not REF_RE.search(m.path) and not pathcheck.exists(self._local(m.path)) and not HUB_RE.match(m.path):
             self.err(f"{where}.path", f"{m.path!r} is neither an existing directory nor a hub id (org/name)")
-        if m.path and self._local(m.path).exists():
+        if m.path and pathcheck.exists(self._local(m.path)):
             m.path = str(self._local(m.path))
         if m.gguf and m.gguf != "smollm2" and not REF_RE.search(m.gguf):
-            if not self._local(m.gguf).is_file():
+            if not pathcheck.is_file(self._local(m.gguf)):
                 self.err(f"{where}.gguf", f"no GGUF file at {self._local(m.gguf)} (or use gguf: smollm2)")
             else:
                 m.gguf = str(self._local(m.gguf))
@@ -392,10 +475,12 @@ class _Ctx:
                          f"expected {', '.join(sorted(allowed)) or 'none'}")
                 continue
             ds = DataSource(source=src) if isinstance(src, str) else src
+            if not self._usable_path(key, ds.source):
+                continue
             local = self._local(ds.source)
             if REF_RE.search(ds.source):
                 pass  # an upstream output: exists only once that job ran
-            elif local.exists():
+            elif pathcheck.exists(local):
                 ds = ds.model_copy(update={"source": str(local)})
             elif HUB_RE.match(ds.source) and not Path(ds.source).suffix:
                 pass  # full hub name, e.g. stanfordnlp/sst2
@@ -409,6 +494,8 @@ class _Ctx:
     def _deepspeed(self, where: str, cfg: JobConfig, uses: bool) -> tuple[str | None, dict[str, Any] | None]:
         if cfg.deepspeed is None or not uses:
             return None, None
+        if not self._usable_path(f"{where}.deepspeed", cfg.deepspeed):
+            return cfg.deepspeed, None
         path = dsconfig.locate(cfg.deepspeed, self.plan_dir, self.repo_root)
         if path is None:
             self.err(f"{where}.deepspeed", f"missing ds config {cfg.deepspeed!r}: expected one of "
@@ -416,8 +503,18 @@ class _Ctx:
             return cfg.deepspeed, None
         try:
             raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            self.err(f"{where}.deepspeed", f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+            return str(path), None
         except json.JSONDecodeError as e:
             self.err(f"{where}.deepspeed", f"{path} is not valid JSON: {e}")
+            return str(path), None
+        except RecursionError:
+            self.err(f"{where}.deepspeed", f"{path} is nested too deeply to read")
+            return str(path), None
+        why = dsconfig.shape_problem(raw)
+        if why:
+            self.err(f"{where}.deepspeed", f"{path}: {why}")
             return str(path), None
         return str(path), dsconfig.resolve(raw, cfg.training, cfg.resources.world_size)
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from launcher import dsconfig
+from launcher.pathcheck import NAME_CHARS_MAX
 from launcher.plan import NAME_RE, JobConfig, PlanFile
 from launcher.spec import (CheckpointSpec, DataSource, HangSpec, LoraSpec, ModelSpec, Resources, RetrySpec,
                            TrainingSpec)
@@ -110,7 +111,8 @@ def json_schema() -> dict[str, Any]:
     props = top["properties"]
     props["defaults"] = {"$ref": "#/$defs/Job", "description": props["defaults"]["description"] + "; any job key"}
     props["jobs"]["additionalProperties"] = {"$ref": "#/$defs/Job"}
-    props["jobs"]["propertyNames"] = {"pattern": NAME_RE.pattern}
+    props["jobs"]["propertyNames"] = {"pattern": NAME_RE.pattern, "maxLength": NAME_CHARS_MAX}
+    props["name"]["anyOf"][0].update(pattern=NAME_RE.pattern, maxLength=NAME_CHARS_MAX)
     # A job's method may come from defaults: then the job's params follow that method.
     in_defaults = {"properties": {"defaults": {"required": ["method"]}}, "required": ["defaults"]}
     rules: list[dict[str, Any]] = [
