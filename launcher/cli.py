@@ -19,7 +19,7 @@ import subprocess
 import psutil
 from rich.console import Console
 
-from launcher import driver_lock, kill, procs, rundir, status
+from launcher import driver_lock, kill, pathcheck, procs, rundir, status
 from launcher.cluster import ClusterOptions, planned_local_shape, shape_from_ray, start
 from launcher.control import request_kill
 from launcher.dsconfig import zero_stage
@@ -147,6 +147,10 @@ def _plan_problems(e: PlanError) -> int:
 def launch_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _launch_parser().parse_args(argv)
+    bad_run_id = pathcheck.file_name_problem(args.run_id) if args.run_id is not None else None
+    if bad_run_id:  # the run's directory name: checked before Ray is joined or anything is made
+        print(f"--run-id {args.run_id!r:.80}: {bad_run_id}; nothing was started", file=sys.stderr)
+        return 2
     # No markup: plan values such as "[validation]" must print as written.
     console = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
     opts = _cluster_options(args)
@@ -295,7 +299,7 @@ def logs_main(argv: list[str] | None = None) -> int:
     if rd is None:
         return 2
     jd = rd.job(args.job)
-    attempts = sorted(int(d.name.split("-")[1]) for d in jd.logs.glob("attempt-*")) if jd.logs.is_dir() else []
+    attempts = sorted(int(d.name.split("-")[1]) for d in jd.logs.glob("attempt-*")) if pathcheck.is_dir(jd.logs) else []
     if not attempts:
         print(f"no logs yet for {args.job} in {rd.root.name}", file=sys.stderr)
         return 2

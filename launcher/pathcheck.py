@@ -37,6 +37,18 @@ def path_problem(value: str) -> str | None:
     return None
 
 
+def file_name_problem(name: str, limit: int = NAME_MAX) -> str | None:
+    """Why `name` cannot be one file or directory name (no '/', not '.' or '..', at most `limit` bytes)."""
+    if "\0" in name:
+        return NUL_PROBLEM
+    if "/" in name or not name.strip("."):
+        return f"must be a plain file name, without '/' and not '.' or '..' (got {name!r:.60})"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        return f"{size} bytes; at most {limit} (a file or directory is named after it)"
+    return None
+
+
 def exists(p: Path) -> bool:
     """Path.exists, False where the OS will not say (a directory it may not search, a loop)."""
     try:
@@ -48,5 +60,12 @@ def exists(p: Path) -> bool:
 def is_file(p: Path) -> bool:
     try:
         return p.is_file()
+    except (OSError, RuntimeError):
+        return False
+
+
+def is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
     except (OSError, RuntimeError):
         return False

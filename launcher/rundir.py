@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from launcher import atomic
+from launcher import atomic, pathcheck
 from launcher.layout import OUTPUTS, RunDir
 from launcher.plan import REF_RE, Job, Plan
 from launcher.spec import DataSource, JobFile
@@ -100,10 +100,10 @@ def find_run(runs_root: Path, run: str | None) -> RunDir:
     """A run by id or path; without one, the newest run under runs_root."""
     if run:
         for cand in (Path(run), runs_root / run):
-            if (cand / "run.db").exists():
+            if pathcheck.exists(cand / "run.db"):   # a name the OS refuses (too long) is no run either
                 return RunDir(cand.resolve())
-        raise FileNotFoundError(f"no run {run!r} (looked in {runs_root}; pass a run id or a run directory)")
-    runs = [p.parent for p in runs_root.glob("*/run.db")] if runs_root.is_dir() else []
+        raise FileNotFoundError(f"no run {run!r:.300} (looked in {runs_root}; pass a run id or a run directory)")
+    runs = [p.parent for p in runs_root.glob("*/run.db")] if pathcheck.is_dir(runs_root) else []
     if not runs:
         raise FileNotFoundError(f"no runs under {runs_root}")
     # plan.yaml is written once, at creation: its mtime orders runs by when they started.

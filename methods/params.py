@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from launcher.pathcheck import NAME_CHARS_MAX
+from launcher.pathcheck import NAME_CHARS_MAX, file_name_problem
 
 
 class Params(BaseModel):
@@ -50,13 +50,9 @@ class EvalParams(Params):
     @classmethod
     def _plain_file_name(cls, v: str | None) -> str | None:
         # Checked with the plan, not when the rank writes `<name>_sentiment_eval.json` (job name limit alike).
-        if v is None:
-            return v
-        if "/" in v or not v.strip("."):
-            raise ValueError(f"must be a plain file name, without '/' and not '.' or '..' (got {v!r:.60})")
-        size = len(v.encode("utf-8", "surrogatepass"))
-        if size > NAME_CHARS_MAX:
-            raise ValueError(f"{size} bytes; at most {NAME_CHARS_MAX} (files are named after it)")
+        why = None if v is None else file_name_problem(v, NAME_CHARS_MAX)
+        if why:
+            raise ValueError(why)
         return v
 
 

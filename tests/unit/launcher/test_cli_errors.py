@@ -154,3 +154,24 @@ def test_dry_run_pipeline_lists_every_job_in_order(tmp_path, capsys, monkeypatch
     assert out.count("output: ") == 8
     assert "deepspeed:" not in out                            # synthetic jobs use none
     assert_nothing_started(tmp_path)
+
+
+@pytest.mark.parametrize("run_id,fragment", [
+    ("r" * 300, "300 bytes; at most 255"),
+    ("a/b", "a plain file name"),
+    ("..", "a plain file name"),
+])
+def test_bad_run_id_exits_2_before_anything(tmp_path, capsys, monkeypatch, run_id, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = in_process(capsys, "launch", str(REPO / "plans" / "pipeline_synthetic.yaml"), "--run-id", run_id,
+                                "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2
+    assert err.startswith("--run-id ") and fragment in err and "nothing was started" in err
+    assert_nothing_started(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "resume", "report"])
+def test_over_long_run_argument_is_no_such_run(tmp_path, capsys, command):
+    args = [command, "r" * 300] + (["job"] if command == "logs" else []) + ["--runs-dir", str(tmp_path)]
+    code, out, err = in_process(capsys, *args)
+    assert code == 2 and "no run 'rrrr" in err
