@@ -49,6 +49,11 @@ class JobDir:
         return self.root / "result.json"
 
     @property
+    def faults(self) -> Path:
+        """When the synthetic method injected each fault (bench/faults.py times detection from it)."""
+        return self.root / "faults.jsonl"
+
+    @property
     def adapter(self) -> Path:
         return self.root / "adapter"
 

@@ -146,6 +146,8 @@ class SyntheticParams(Params):
     host_oom_at_step: int | None = Field(None, ge=1, description="run out of host memory at this step: the rank joins a "
                                                                "memory cgroup with a limit at start, then allocates until "
                                                                "the kernel's OOM killer ends it (needs root)")
+    ignore_sigterm: bool = Field(False, description="every rank ignores SIGTERM, as scripts that trap it to save "
+                                                   "do: stopping them takes the whole grace, then SIGKILL")
     corrupt_checkpoint_at_step: int | None = Field(None, ge=1, description="after this step's checkpoint is complete, "
                                                                          "garble its state.json in place (same size: "
                                                                          "only reading it finds out)")

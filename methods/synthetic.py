@@ -7,6 +7,7 @@ inject faults (hang, crash, OOM) so scheduling and recovery are tested cheaply.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,7 +62,12 @@ def run(job: JobFile) -> int:
                                                      pid=os.getpid(), loss=loss, attempt=job.attempt, progress=progress,
                                                      rss_hwm_mib=heartbeat.own_peak_rss_mib()))
 
+    def injected(fault: str) -> None:
+        """When each fault struck, by the job's own clock: what bench/faults.py measures detection from."""
+        append_jsonl(jd.faults, {"fault": fault, "rank": rank, "attempt": job.attempt, "time": time.time()})
+
     def stall(what: str) -> None:
+        injected("hang")
         print(f"[synthetic] injected hang {what}", flush=True)
         while True:  # no progress, no exit: only a kill ends this
             time.sleep(3600)
@@ -71,6 +77,8 @@ def run(job: JobFile) -> int:
     step = _start_step(job)
     print(f"[synthetic] rank {rank} attempt {job.attempt} starting at step {step}/{p.steps}", flush=True)
     faulty = _faulty(p, job, rank)
+    if p.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if faulty and p.host_oom_at_step:
         cg = oomkill.join_limited_cgroup(256 << 20)
         print(f"[synthetic] rank {rank} joined memory cgroup {cg} (256 MiB)", flush=True)
@@ -82,14 +90,17 @@ def run(job: JobFile) -> int:
         step += 1
         loss = 1.0 / (step + 1)
         if faulty and p.crash_at_step == step:
+            injected("crash")
             print(f"[synthetic] injected crash at step {step}", file=sys.stderr, flush=True)
             return CRASH_EXIT
         if faulty and p.oom_at_step == step:
+            injected("oom")
             print(OOM_MESSAGE, file=sys.stderr, flush=True)
             return 1
         if faulty and p.hang_at_step == step:
             stall(f"at step {step}")
         if faulty and p.host_oom_at_step == step:
+            injected("host-oom")
             _exhaust_host_memory()
         beat(step, "training", loss)
         if p.eval_every and step % p.eval_every == 0:
@@ -110,6 +121,7 @@ def run(job: JobFile) -> int:
                     stall(f"while saving checkpoint-{step}")
                 time.sleep(p.save_time)
                 if faulty and p.crash_in_save_at_step == step:
+                    injected("crash-in-save")
                     print(f"[synthetic] injected crash while saving checkpoint-{step}", file=sys.stderr, flush=True)
                     os._exit(CRASH_EXIT)  # no marker: this checkpoint stays incomplete
                 checkpoints.mark_complete(ckpt, step)

@@ -123,3 +123,35 @@ def test_a_full_disk_ends_the_run_consistently_and_resume_finishes_it(runs: Path
         deadline = time.time() + 30
         while subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0 and time.time() < deadline:
             time.sleep(1)
+
+
+def test_a_slow_release_of_one_job_does_not_delay_another_jobs_hang_verdict(runs: Path, tmp_path: Path) -> None:
+    """Job a's rank 0 crashes at step 3 and its rank 1 ignores SIGTERM, so releasing a takes the
+    whole 10 s grace. Job b stalls at step 5 under a 3 s step timeout. b's hang must be judged while
+    a is still being released (the loop used to block in a's release, and b's verdict came after)."""
+    plan = """
+name: slowrelease
+jobs:
+  a:
+    method: synthetic
+    resources: {nodes: 1, gpus_per_node: 2}
+    params: {steps: 300, step_time: 0.1, crash_at_step: 3, ignore_sigterm: true, fault_ranks: [0]}
+    retry: {max_restarts: 0}
+    hang: {startup: 60, step: 30}
+  b:
+    method: synthetic
+    resources: {nodes: 1, gpus_per_node: 1}
+    params: {steps: 30, step_time: 0.1, hang_at_step: 5}
+    retry: {max_restarts: 0}
+    hang: {startup: 60, step: 3}
+"""
+    out = launch(write_plan(tmp_path, plan), runs, "--run-id", "slowrelease", "--simulate-gpus", "3")
+    assert out.returncode == 1, out.stdout + out.stderr
+    j = Journal(runs / "slowrelease" / "run.db", readonly=True)
+    try:
+        b_hang = next(e["time"] for e in j.events("b") if e["kind"] == "detected")
+        a_end = next(at["ended"] for at in j.attempts("a"))
+        a_crash = next(e["time"] for e in j.events("a") if e["kind"] == "detected")
+    finally:
+        j.close()
+    assert a_crash < b_hang < a_end, (a_crash, b_hang, a_end)
