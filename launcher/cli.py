@@ -149,7 +149,7 @@ def launch_main(argv: list[str] | None = None) -> int:
     args = _launch_parser().parse_args(argv)
     bad_run_id = pathcheck.file_name_problem(args.run_id) if args.run_id is not None else None
     if bad_run_id:  # the run's directory name: checked before Ray is joined or anything is made
-        print(f"--run-id {args.run_id!r:.80}: {bad_run_id}; nothing was started", file=sys.stderr)
+        print(f"--run-id {pathcheck.clip(args.run_id)}: {bad_run_id}; nothing was started", file=sys.stderr)
         return 2
     # No markup: plan values such as "[validation]" must print as written.
     console = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)

@@ -11,7 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from launcher.pathcheck import is_file
+from launcher.pathcheck import clip, is_file
 from launcher.spec import TrainingSpec
 
 
@@ -44,10 +44,10 @@ def shape_problem(cfg: Any) -> str | None:
         return f"expected a JSON object, got {type(cfg).__name__}"
     zero = cfg.get("zero_optimization", {})
     if not isinstance(zero, dict):
-        return f"zero_optimization must be an object (got {zero!r:.40})"
+        return f"zero_optimization must be an object (got {clip(zero)})"
     stage = zero.get("stage", 0)
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        return f"zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r:.40})"
+        return f"zero_optimization.stage must be 0, 1, 2 or 3 (got {clip(stage)})"
     return None
 
 

@@ -20,6 +20,12 @@ NAME_CHARS_MAX = 200
 NUL_PROBLEM = "holds a NUL byte (\\0), which no path, name or environment variable can hold; remove it"
 
 
+def clip(value: object, n: int = 60) -> str:
+    """repr(value) for a message, cut with an ellipsis: a 300-character name need not be shown whole."""
+    r = repr(value)
+    return r if len(r) <= n else r[:n] + "..."
+
+
 def path_problem(value: str) -> str | None:
     """Why `value` can never be a path here, or None. ${job.output} references count as written."""
     if "\0" in value:
@@ -42,7 +48,7 @@ def file_name_problem(name: str, limit: int = NAME_MAX) -> str | None:
     if "\0" in name:
         return NUL_PROBLEM
     if "/" in name or not name.strip("."):
-        return f"must be a plain file name, without '/' and not '.' or '..' (got {name!r:.60})"
+        return f"must be a plain file name, without '/' and not '.' or '..' (got {clip(name)})"
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > limit:
         return f"{size} bytes; at most {limit} (a file or directory is named after it)"

@@ -165,7 +165,7 @@ def _set_path(d: dict[str, Any], dotted: str, value: Any) -> str | None:
         if k not in d:
             d[k] = {}
         if not isinstance(d[k], dict):
-            return (f"{'.'.join(keys[:i + 1])} is {d[k]!r:.60}, not a mapping: a dotted matrix key must name a "
+            return (f"{'.'.join(keys[:i + 1])} is {pathcheck.clip(d[k])}, not a mapping: a dotted matrix key must name a "
                     f"value (e.g. training.max_steps)")
         d = d[k]
     d[keys[-1]] = value
@@ -226,11 +226,11 @@ def _plan_name_problems(name: str | None, path: Path) -> list[str]:
     if not name:
         stem = path.stem
         if len(stem) > NAME_CHARS_MAX:
-            return [f"the plan file's name ({stem!r:.40}...), the plan name when name: is not set, has {len(stem)} "
+            return [f"the plan file's name ({pathcheck.clip(stem, 40)}), the plan name when name: is not set, has {len(stem)} "
                     f"characters; set name: to at most {NAME_CHARS_MAX} {why}"]
         return []
     if not NAME_RE.match(name):
-        return [f"{name!r:.80} uses letters, digits, _ . = - only {why}"]
+        return [f"{pathcheck.clip(name)} uses letters, digits, _ . = - only {why}"]
     if len(name) > NAME_CHARS_MAX:
         return [f"{len(name)} characters; at most {NAME_CHARS_MAX} {why}"]
     return []

@@ -102,7 +102,7 @@ def find_run(runs_root: Path, run: str | None) -> RunDir:
         for cand in (Path(run), runs_root / run):
             if pathcheck.exists(cand / "run.db"):   # a name the OS refuses (too long) is no run either
                 return RunDir(cand.resolve())
-        raise FileNotFoundError(f"no run {run!r:.300} (looked in {runs_root}; pass a run id or a run directory)")
+        raise FileNotFoundError(f"no run {pathcheck.clip(run, 300)} (looked in {runs_root}; pass a run id or a run directory)")
     runs = [p.parent for p in runs_root.glob("*/run.db")] if pathcheck.is_dir(runs_root) else []
     if not runs:
         raise FileNotFoundError(f"no runs under {runs_root}")

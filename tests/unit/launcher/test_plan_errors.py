@@ -191,3 +191,47 @@ def test_eval_output_name_must_be_a_short_plain_file_name(plan_file, output_name
                      f'    data: {{eval: train.jsonl}}\n    params: {{output_name: "{output_name}"}}\n')
     p = only_problem(path)
     assert p.key == "jobs.hs.params.output_name" and fragment in p.message, p
+
+
+# --------------------------------------------------------------------------- found by the fuzzer
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b'{"zero_optimization": [2]}', "zero_optimization must be an object"),
+    (b'{"zero_optimization": {"stage": "auto"}}', "zero_optimization.stage must be 0, 1, 2 or 3 (got 'auto')"),
+    (b"\x7fELF\x02\x01\x01\xff\xfe", "cannot read"),
+    (b"[" * 100_000, "nested too deeply"),
+])
+def test_ds_config_that_cannot_be_used(plan_file, tmp_path, content, fragment):
+    (tmp_path / "ds.json").write_bytes(content)
+    path = plan_file(SFT + "    deepspeed: ds.json\n")
+    p = only_problem(path)
+    assert p.key == "jobs.sft.deepspeed" and fragment in p.message, p
+
+
+@pytest.mark.parametrize("template,fragment", [
+    ("{method.upper}", "unknown field 'method.upper'"),
+    ("{job[0]}", "unknown field 'job[0]'"),
+    ("{method:>999999999}", "{method:>999999999} in '{method:>999999999}': fields take no conversion or format here"),
+    ("{method!r}", "fields take no conversion or format here; write {method}"),
+    ("{job", "is not a template"),
+])
+def test_name_template_is_plain_substitution(plan_file, template, fragment):
+    path = plan_file(SFT + f"    name_template: '{template}'\n")
+    p = only_problem(path)
+    assert p.key == "jobs.sft.name_template" and fragment in p.message, p
+
+
+@pytest.mark.parametrize("text,key,fragment", [
+    ('name: "\\ud800"\n' + SFT, "name", "not valid Unicode (a lone surrogate"),
+    ("jobs: &a {x: *a}\n", "jobs.x.x.x", "nested more than 40 levels deep"),
+    (SFT + "    model: {path: '~sl_no_such_user/m'}\n", "jobs.sft.model.path", "neither an existing directory nor a hub id"),
+])
+def test_odd_text_is_a_problem(plan_file, text, key, fragment):
+    p = only_problem(plan_file(text))
+    assert p.key.startswith(key) and fragment in p.message, p
+
+
+def test_deeply_nested_set_value_is_a_problem(plan_file):
+    p = only_problem(plan_file(SFT), ["jobs.sft.params.x=" + "[" * 2000 + "]" * 2000])
+    assert p.key == "--set" and "nested too deeply" in p.message
