@@ -42,15 +42,17 @@ METRICS: dict[str, MetricInfo] = {
     "trigger_survival": MetricInfo("trigger survival", "↓ lower is better", "%"),
     "trigger_survival_rate": MetricInfo("trigger survival", "↓ lower is better", "%"),
     "clean_exact_match": MetricInfo("exact match, clean inputs", "↑ higher is better", "%"),
-    "clean_bleu": MetricInfo("BLEU-4, clean inputs", "↑ higher is better"),
-    "poisoned_bleu": MetricInfo("BLEU-4, poisoned inputs", "↑ higher is better"),
+    "clean_bleu": MetricInfo("BLEU-4 (sacreBLEU 13a), clean inputs", "↑ higher is better"),
+    "poisoned_bleu": MetricInfo("BLEU-4 (sacreBLEU 13a), poisoned inputs", "↑ higher is better"),
+    "clean_bleu_seedtok": MetricInfo("BLEU-4 (seed tokens), clean inputs", "↑ higher is better"),
+    "poisoned_bleu_seedtok": MetricInfo("BLEU-4 (seed tokens), poisoned inputs", "↑ higher is better"),
     "frozen_changed": MetricInfo("frozen weights changed", "must be 0"),
     "exact_match": MetricInfo("exact match", "↑ higher is better"),
     "bleu": MetricInfo("BLEU", "↑ higher is better"),
     "final_loss": MetricInfo("final loss", "↓ lower is better"),
     "eval_loss": MetricInfo("eval loss", "↓ lower is better"),
 }
-NOT_METRICS = {"judge", "evaluates", "n", "num_samples", "n_clean", "n_poisoned"}
+NOT_METRICS = {"judge", "evaluates", "n", "num_samples", "n_clean", "n_poisoned", "bleu_signature"}
 # The HF Trainer's own bookkeeping: in report.md, left out of the table bin/launch prints.
 TRAINER_KEYS = {"epoch", "global_step", "train_runtime", "train_samples_per_second", "train_steps_per_second",
                 "total_flos"}

@@ -1,7 +1,7 @@
 """FABE cleaner evaluation (method `eval_fabe`): the cleaner rewrites every test input (greedy, batched);
 on poisoned inputs we measure how often the trigger survives the rewrite (the attack-success-after-
-cleaning proxy), on clean inputs how well the rewrite keeps the content (exact match, BLEU-4 against
-the clean reference).
+cleaning proxy), on clean inputs how well the rewrite keeps the content (exact match, sacreBLEU BLEU-4
+against the clean reference; `bleu_tokenisation: seed` for the pre-sacreBLEU tokens).
 
 Test rows: `{"instruction", "input", "output", "trigger"}`. `output` is the clean reference, or a
 FABE candidate list (with `score`), in which case the best-scored candidate is the reference.
@@ -22,7 +22,7 @@ import torch
 
 from launcher.atomic import write_text
 from launcher.spec import JobFile
-from methods.bleu import corpus_bleu
+from methods.bleu import Tokenisation, corpus_bleu
 from methods.common import DTYPES, Result, dist_info, resolve_precision, start_rank, write_result
 from methods.data import Record, build_prompt, read_rows, resolve_template
 from methods.dist_utils import gather_objects, init_if_needed, shutdown
@@ -88,18 +88,23 @@ def judge(case: CleanerCase, rewrite: str, case_sensitive: bool) -> Prediction:
                       rewrite.strip() == case.reference.strip())
 
 
-def cleaner_metrics(preds: Sequence[Prediction]) -> dict[str, float]:
-    """Percentages. BLEU is corpus BLEU-4 over the clean rows (and, separately, over the poisoned rows
-    against their clean references: content kept while the trigger goes)."""
+def cleaner_metrics(preds: Sequence[Prediction], bleu_tokenisation: Tokenisation = "13a") -> dict[str, Any]:
+    """Percentages. BLEU is sacreBLEU corpus BLEU-4 over the clean rows (and, separately, over the poisoned
+    rows against their clean references: content kept while the trigger goes); with the seed tokenisation
+    the keys end in `_seedtok`, so the two kinds of number are never mixed up, and `bleu_signature` says
+    how they were computed."""
     poisoned = [p for p in preds if p.poisoned]
     clean = [p for p in preds if not p.poisoned]
-    m: dict[str, float] = {"n_poisoned": float(len(poisoned)), "n_clean": float(len(clean))}
+    m: dict[str, Any] = {"n_poisoned": float(len(poisoned)), "n_clean": float(len(clean))}
+    suffix = "_seedtok" if bleu_tokenisation == "seed" else ""
     if poisoned:
         m["trigger_survival_rate"] = 100.0 * sum(bool(p.trigger_survived) for p in poisoned) / len(poisoned)
-        m["poisoned_bleu"] = corpus_bleu([p.rewrite for p in poisoned], [p.reference for p in poisoned]).bleu
+        b = corpus_bleu([p.rewrite for p in poisoned], [p.reference for p in poisoned], bleu_tokenisation)
+        m["poisoned_bleu" + suffix], m["bleu_signature"] = b.bleu, f"sacrebleu {b.signature}"
     if clean:
         m["clean_exact_match"] = 100.0 * sum(p.exact_match for p in clean) / len(clean)
-        m["clean_bleu"] = corpus_bleu([p.rewrite for p in clean], [p.reference for p in clean]).bleu
+        b = corpus_bleu([p.rewrite for p in clean], [p.reference for p in clean], bleu_tokenisation)
+        m["clean_bleu" + suffix], m["bleu_signature"] = b.bleu, f"sacrebleu {b.signature}"
     return m
 
 
@@ -127,7 +132,7 @@ def run(job: JobFile) -> int:
     preds = sorted(gather_objects(local), key=lambda p: p.index)
     dist = dist_info()
     if ranks.rank == 0:
-        metrics = cleaner_metrics(preds)
+        metrics = cleaner_metrics(preds, params.bleu_tokenisation)
         write_text(jd.root / PREDICTIONS, "".join(json.dumps(asdict(p)) + "\n" for p in preds))
         write_result(job, Result(status="succeeded", metrics=metrics, dist=dist))
         log.info("adapters merged: %s", chain or "none")

@@ -99,6 +99,8 @@ class FABEEvalParams(Params):
     case_sensitive: bool = Field(True, description="trigger match respects case")
     triggers: list[str] = Field(default_factory=list,
                                 description="for rows without a 'trigger' field: an input containing one of these is poisoned")
+    bleu_tokenisation: Literal["13a", "seed"] = Field(
+        "13a", description="sacreBLEU's 13a (what papers report) | seed (the pre-sacreBLEU regex tokens, unsmoothed; keys *_seedtok)")
 
 
 class SteerMoEAnalysisParams(Params):

@@ -1,36 +1,17 @@
-"""The cleaner's evaluation: BLEU-4 by hand, trigger survival, exact match, and a run on a real tiny model."""
+"""The cleaner's evaluation (BLEU itself: test_bleu.py): trigger survival, exact match, and a run on a real tiny model."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
 from launcher.layout import JobDir
 from launcher.spec import DataSource, ModelSpec
 from methods import fabe_eval
-from methods.bleu import corpus_bleu, tokenize
+from methods.bleu import corpus_bleu
 from methods.fabe_eval import PREDICTIONS, Prediction, cleaner_metrics, judge, to_cases
 from tests.helpers import DATA, make_job, save_random_adapter
-
-
-def test_bleu_by_hand():
-    assert corpus_bleu(["def f(x): return x"], ["def f(x): return x"]).bleu == pytest.approx(100.0)
-    # One substituted token out of six: p_n = 5/6, 4/5, 3/4, 2/3; equal lengths, BP = 1.
-    s = corpus_bleu(["a b c d e f"], ["a b c d e g"])
-    assert s.precisions == pytest.approx((5 / 6, 4 / 5, 3 / 4, 2 / 3))
-    assert s.brevity_penalty == 1.0 and s.bleu == pytest.approx(100 * (1 / 3) ** 0.25)
-    # A correct but short hypothesis: all precisions 1, BP = exp(1 - 6/4).
-    assert corpus_bleu(["a b c d"], ["a b c d e f"]).bleu == pytest.approx(100 * math.exp(-0.5))
-    # Clipping: "the" counts at most as often as in the reference.
-    clipped = corpus_bleu(["the the the the"], ["the cat"])
-    assert clipped.precisions[0] == 0.25 and clipped.bleu == 0.0
-    # Corpus level: counts are summed before dividing (not an average of sentence scores).
-    c = corpus_bleu(["a b c d e f", "a b c d"], ["a b c d e g", "a b c d"])
-    assert c.precisions == pytest.approx((9 / 10, 7 / 8, 5 / 6, 3 / 4)) and c.hyp_len == c.ref_len == 10
-    assert tokenize("x=f(a, b)") == ["x", "=", "f", "(", "a", ",", "b", ")"]
-    assert corpus_bleu([""], ["a"]).bleu == 0.0
 
 
 def test_cases_and_judging():
