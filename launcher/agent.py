@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from launcher import heartbeat, monitor, oomkill, procs, release
+from launcher import agentlog, heartbeat, monitor, oomkill, procs, release
 from launcher.layout import JobDir
 from launcher.memprobe import open_probe
 
@@ -70,6 +70,10 @@ class NodeAgent:
         self.probe = None
         self.oom: dict[int, oomkill.OomCounter | None] = {}   # rank -> its OOM counter, as of the last poll
         self.oom_killed: dict[int, str | None] = {}           # rank -> decided once, when its exit is first seen
+        # The agent's own output (monitor errors, tracebacks) into the run directory, not only Ray's temp dir.
+        self.own_log = agentlog.open_agent_log(agentlog.agent_log(self.jd, attempt, node_rank),
+                                               f"agent of {job} attempt {attempt} node rank {node_rank} "
+                                               f"(ranks {ranks}) in run {run_id}")
 
     def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()

@@ -288,38 +288,8 @@ def kill_main(argv: list[str] | None = None) -> int:
 
 
 def logs_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bin/logs", description="Print (or follow) a job's rank log.")
-    add_run_arguments(p, required=True)
-    p.add_argument("job")
-    p.add_argument("--rank", type=int, default=0)
-    p.add_argument("--attempt", type=int, help="default: the latest")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-    args = p.parse_args(argv)
-    rd = open_run(args)
-    if rd is None:
-        return 2
-    jd = rd.job(args.job)
-    attempts = sorted(int(d.name.split("-")[1]) for d in jd.logs.glob("attempt-*")) if pathcheck.is_dir(jd.logs) else []
-    if not attempts:
-        print(f"no logs yet for {args.job} in {rd.root.name}", file=sys.stderr)
-        return 2
-    path = jd.rank_log(args.attempt or attempts[-1], args.rank)
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-                continue
-            if not args.follow or _job_over(rd, args.job):
-                return 0
-            time.sleep(0.5)
-
-
-def _job_over(rd: RunDir, job: str) -> bool:
-    st = status.collect(rd)
-    return any(j["name"] == job and j["state"] in ("succeeded", "failed", "skipped", "killed") for j in st["jobs"]) \
-        or st["state"] != "running" or st["driver"] == "gone"
+    from launcher import logs   # the logic lives in launcher/logs.py
+    return logs.main(argv)
 
 
 def status_main(argv: list[str] | None = None) -> int:

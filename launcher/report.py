@@ -1,4 +1,5 @@
-"""`bin/report RUN [--format json]`: the run's report.md, PNG plots and a results table.
+"""`bin/report RUN [--format md|json|csv|latex]`: the run's report.md, PNG plots and a results
+table (also results.csv and results.tex); `bin/report --compare RUN RUN...`: runs side by side.
 
 Reads only files (run.db read-only, the job directories), so it works on a live run and on a
 finished one, on any machine that has the run directory. Writes <run>/report/ (report.md,
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import monitor, status
+from launcher import monitor, report_tables, status
 from launcher.atomic import read_json, read_jsonl, write_text
 from launcher.layout import JobDir, RunDir
 from launcher.monitor import PeakRow
@@ -52,6 +53,8 @@ METRICS: dict[str, MetricInfo] = {
     "final_loss": MetricInfo("final loss", "↓ lower is better"),
     "eval_loss": MetricInfo("eval loss", "↓ lower is better"),
 }
+FORMATS = ("md", "json", "csv", "latex")
+RESULTS_CSV, RESULTS_TEX = "results.csv", "results.tex"
 NOT_METRICS = {"judge", "evaluates", "n", "num_samples", "n_clean", "n_poisoned", "bleu_signature"}
 # The HF Trainer's own bookkeeping: in report.md, left out of the table bin/launch prints.
 TRAINER_KEYS = {"epoch", "global_step", "train_runtime", "train_samples_per_second", "train_steps_per_second",
@@ -255,6 +258,8 @@ def markdown(r: Report) -> str:
         out += _table(["job", "evaluates", "metric", "value", "judge", "direction", "reference"],
                       [[x.job, x.evaluates, x.metric, _fmt(x.value, 2), x.judge, x.direction, x.reference]
                        for x in r.results])
+        out += ["", f"The same table as [{RESULTS_CSV}]({RESULTS_CSV}) and [{RESULTS_TEX}]({RESULTS_TEX}) "
+                "(LaTeX, booktabs)."]
     else:
         out.append("No job has written a result.json yet.")
     out += ["", "## Memory", "",
@@ -279,6 +284,11 @@ def markdown(r: Report) -> str:
         out += ["", "## Loss", "", f"![loss curves]({r.plots['loss']})"]
     if "gantt" in r.plots:
         out += ["", "## Jobs on GPUs over time", "", f"![jobs on GPUs]({r.plots['gantt']})"]
+    if "gpus" in r.plots:
+        out += ["", "## GPU utilisation and memory per GPU", "",
+                "Every job's samples of each GPU over the run: the device's used memory and utilisation where NVML "
+                "measured them; with the `host` backend, the jobs' processes' resident memory and no utilisation.",
+                "", f"![GPU utilisation and memory]({r.plots['gpus']})"]
     return "\n".join(out) + "\n"
 
 
@@ -296,24 +306,72 @@ def build(rd: RunDir, plots: bool = True) -> Report:
             print(f"no plots: {e}", file=sys.stderr)
         else:
             r.plots = report_plots.draw_all(r, rd)
+    table = report_tables.results_table(r.results)
+    write_text(rd.report_dir / RESULTS_CSV, report_tables.to_csv(table))
+    write_text(rd.report_dir / RESULTS_TEX, report_tables.to_latex(table, caption=f"Results of run {r.run}",
+                                                                   label=f"tab:{r.run}"))
     write_text(rd.report_md, markdown(r))
     write_text(rd.report_dir / "report.json", json.dumps(r.to_json(), indent=2, default=str) + "\n")
     return r
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """--compare RUN RUN...: the runs' results side by side, deltas against the first run."""
+    from launcher import rundir
+
+    names, rows = [], []
+    for name in args.compare:
+        try:
+            rd = rundir.find_run(args.runs_dir, name)
+        except FileNotFoundError as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        names.append(rd.root.name)
+        rows.append(collect(rd).results)
+    cmp = report_tables.compare(rows)
+    if args.format == "json":
+        print(json.dumps({"runs": names, "rows": [asdict(c) for c in cmp]}, indent=2, default=str))
+        return 0
+    t = report_tables.compare_table(names, cmp)
+    if args.format == "csv":
+        sys.stdout.write(report_tables.to_csv(t))
+    elif args.format == "latex":
+        sys.stdout.write(report_tables.to_latex(t, caption=f"{' vs '.join(names)} (deltas against {names[0]})"))
+    else:
+        sys.stdout.write(report_tables.to_markdown(t))
+    differ = [c for c in cmp if not c.same_judge]
+    if differ:
+        print(f"{len(differ)} metric(s) judged differently across the runs: not comparable as they stand",
+              file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bin/report", description="Write a run's report.md, plots and peak_memory.csv.")
+    p = argparse.ArgumentParser(prog="bin/report", description="Write a run's report.md, plots, results.csv/.tex and "
+                                                              "peak_memory.csv; or compare runs' results.")
     add_run_arguments(p)
-    p.add_argument("--format", choices=("md", "json"), default="md",
-                   help="what to print: the report path (md) or the report's data (json)")
+    p.add_argument("--format", choices=FORMATS, default="md",
+                   help="what to print: the report path (md), the report's data (json), or the results table as "
+                        "CSV or LaTeX (also written to report/results.csv and results.tex)")
+    p.add_argument("--compare", nargs="+", metavar="RUN",
+                   help="the same metrics of these runs side by side, with deltas against the first and the judge "
+                        "of each (printed in --format md, csv, latex or json; nothing is written)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster on huge runs)")
     args = p.parse_args(argv)
+    if args.compare:
+        if args.run:
+            args.compare.insert(0, args.run)   # `bin/report A --compare B` compares A with B
+        return _compare(args)
     rd = open_run(args)
     if rd is None:
         return 2
     r = build(rd, plots=not args.no_plots)
     if args.format == "json":
         print(json.dumps({**r.to_json(), "report": str(rd.report_md)}, indent=2, default=str))
+    elif args.format == "csv":
+        sys.stdout.write(rd.report_dir.joinpath(RESULTS_CSV).read_text())
+    elif args.format == "latex":
+        sys.stdout.write(rd.report_dir.joinpath(RESULTS_TEX).read_text())
     else:
         print(f"{rd.report_md}\n  {len(r.results)} result(s), {len(r.plots)} plot(s), peaks in {rd.peak_memory_csv}")
     return 0

@@ -1,4 +1,5 @@
-"""The report's PNG plots: memory timeline per job (peak marked), loss curves, jobs on GPUs (Gantt).
+"""The report's PNG plots: memory timeline per job (peak marked), loss curves, jobs on GPUs (Gantt),
+memory and utilisation per GPU over the run.
 
 Headless (Agg). Times are seconds since the run started, so the three plots line up.
 Long timelines are thinned by keeping each bucket's maximum: a peak is never thinned away.
@@ -6,6 +7,7 @@ Long timelines are thinned by keeping each bucket's maximum: a peak is never thi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +189,65 @@ def gantt_plot(r: Report, path: Path) -> str | None:
     return _save(fig, path)
 
 
+@dataclass
+class GpuSeries:
+    """One GPU over the run, from every job that sampled it, in time order."""
+
+    times: list[float] = field(default_factory=list)
+    mib: list[float | None] = field(default_factory=list)    # device used (NVML), else the jobs' processes (host)
+    util: list[float | None] = field(default_factory=list)   # NVML utilisation %, None with the host backend
+
+
+def gpu_series(rows: list[SampleRow]) -> dict[tuple[str, str], GpuSeries]:
+    """(host, GPU) -> its timeline. Device-wide numbers where NVML gave them (other tenants
+    included), else the sampling job's own processes: the host backend has nothing device-wide."""
+    out: dict[tuple[str, str], GpuSeries] = {}
+    for r in sorted(rows, key=lambda r: r.time):
+        s = out.setdefault((r.host or r.node[:8], r.gpu_index), GpuSeries())
+        s.times.append(r.time)
+        s.mib.append(r.device_used_mib if r.device_used_mib is not None else r.job_mib)
+        s.util.append(r.util_pct)
+    return out
+
+
+def gpu_plot(series: dict[tuple[str, str], GpuSeries], t0: float, path: Path) -> str | None:
+    """Memory (top) and utilisation (bottom) per GPU over the run, on one time axis."""
+    if not series:
+        return None
+    fig, (ax_m, ax_u) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    div, xlabel = time_unit(max(t for s in series.values() for t in s.times) - t0)
+    multi_host = len({h for h, _ in series}) > 1
+    any_util = False
+    for i, ((host, gpu), s) in enumerate(sorted(series.items())):
+        color = COLORS[i % len(COLORS)]
+        name = f"{host} GPU {gpu}" if multi_host else f"GPU {gpu}"
+        m = [((t - t0) / div, v) for t, v in zip(s.times, s.mib) if v is not None]
+        if m:
+            xs, ys = thin([p[0] for p in m], [p[1] for p in m])
+            ax_m.plot(xs, ys, color=color, lw=1.3, label=name)
+        u = [((t - t0) / div, v) for t, v in zip(s.times, s.util) if v is not None]
+        if u:
+            any_util = True
+            xs, ys = thin([p[0] for p in u], [p[1] for p in u])
+            ax_u.plot(xs, ys, color=color, lw=1.3, label=name)
+    ax_m.set_title("memory per GPU (device used where NVML measured it, else the jobs' processes)", fontsize=11)
+    ax_m.set_ylabel("MiB")
+    ax_m.set_ylim(bottom=0)
+    ax_m.grid(alpha=0.3)
+    ax_m.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax_u.set_title("GPU utilisation (NVML)", fontsize=11)
+    ax_u.set_ylabel("%")
+    ax_u.set_ylim(0, 105)
+    ax_u.set_xlabel(xlabel)
+    ax_u.grid(alpha=0.3)
+    if any_util:
+        ax_u.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:   # say so rather than draw an empty axis that reads as 0 %
+        ax_u.text(0.5, 0.5, "not measured (host backend: no NVML on this machine)", ha="center", va="center",
+                  transform=ax_u.transAxes, fontsize=10, color="grey")
+    return _save(fig, path)
+
+
 def draw_all(r: Report, rd: RunDir) -> dict[str, str]:
     """Draw every plot there is data for into rd.report_dir; returns name -> file name."""
     out: dict[str, str] = {}
@@ -199,4 +260,8 @@ def draw_all(r: Report, rd: RunDir) -> dict[str, str]:
         name = fn(r, rd.report_dir / f"{key}.png")
         if name:
             out[key] = name
+    rows = [row for j in r.jobs for row in monitor.read_samples(rd.job(j.name).gpu_mem_csv)]
+    name = gpu_plot(gpu_series(rows), r.created, rd.report_dir / "gpus.png")
+    if name:
+        out["gpus"] = name
     return out

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +174,61 @@ def render(st: dict[str, Any], console: Console | None = None, all_jobs: bool = 
     (console or console_for_stdout()).print(table(st, all_jobs))
 
 
+def gpu_hours(jobs: list[dict[str, Any]], now: float) -> float:
+    """GPU-hours the run has held: each attempt's wall time (to now while it runs) times its GPUs."""
+    total = 0.0
+    for job in jobs:
+        for a in job["attempts"]:
+            if a.get("started") is None:
+                continue
+            gpus = sum(len(p.get("gpus") or []) for p in a.get("placement") or [])
+            total += max(0.0, (a["ended"] or now) - a["started"]) * gpus
+    return total / 3600.0
+
+
+@dataclass(frozen=True)
+class RunEta:
+    seconds: float | None   # None: no running job has a rate yet
+    waiting: int            # jobs not started yet: their time is not in `seconds` (a lower bound then)
+
+
+def run_eta(jobs: list[dict[str, Any]]) -> RunEta:
+    """When the running jobs should be done (the slowest one's ETA); jobs still pending have no
+    speed to go by, so with any of them the ETA is a lower bound and says how many wait."""
+    running = [j for j in jobs if j["state"] == "running"]
+    waiting = sum(1 for j in jobs if j["state"] == "pending")
+    etas = [j["eta_s"] for j in running if j.get("eta_s") is not None]
+    known = bool(running) and len(etas) == len(running)
+    return RunEta(max(etas) if known else None, waiting)
+
+
+def watch_summary(st: dict[str, Any], now: float) -> str:
+    eta = run_eta(st["jobs"])
+    if st["state"] not in ("running", "pending"):
+        eta_text = "-"
+    elif eta.seconds is None:
+        eta_text = "unknown (no speed yet)"
+    else:
+        eta_text = (">= " if eta.waiting else "") + _duration(eta.seconds)
+    if eta.waiting and st["state"] in ("running", "pending"):
+        eta_text += f" ({eta.waiting} job{'s' if eta.waiting > 1 else ''} not started)"
+    return f"GPU-hours {gpu_hours(st['jobs'], st['ended'] or now):.3f}   run ETA {eta_text}"
+
+
+def _watch_table(st: dict[str, Any], all_jobs: bool) -> Table:
+    t = table(st, all_jobs)
+    t.caption = watch_summary(st, time.time()) + "\n" + str(t.caption)
+    return t
+
+
 def watch(rd: RunDir, interval: float = 2.0, all_jobs: bool = False) -> None:
     """A live table until the run ends (Ctrl-C leaves it, the run goes on)."""
     from rich.live import Live
 
-    with Live(table(collect(rd), all_jobs), console=console_for_stdout(), refresh_per_second=4) as live:
+    with Live(_watch_table(collect(rd), all_jobs), console=console_for_stdout(), refresh_per_second=4) as live:
         while True:
             st = collect(rd)
-            live.update(table(st, all_jobs))
+            live.update(_watch_table(st, all_jobs))
             if is_over(st):
                 return
             time.sleep(interval)

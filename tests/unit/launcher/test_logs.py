@@ -1,0 +1,73 @@
+"""bin/logs' pure parts: the restart banner, which attempt comes next, interleaving ranks, and
+reading lines from files that are still being written."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from launcher import logs
+from launcher.layout import JobDir
+from launcher.logs import AttemptInfo, AttemptLogs, LineReader, banner, interleave, next_attempt
+
+
+def test_banner_names_the_attempt_and_its_checkpoint() -> None:
+    assert banner(AttemptInfo(2, "/runs/r/jobs/train/checkpoints/checkpoint-15")) == \
+        "===== attempt 2 (resumed from checkpoint-15) ====="
+    assert banner(AttemptInfo(3)) == "===== attempt 3 ====="
+
+
+def test_next_attempt_is_the_first_after_the_current_one() -> None:
+    known = [AttemptInfo(1), AttemptInfo(3, "c3"), AttemptInfo(2, "c2")]
+    assert next_attempt(1, known) == AttemptInfo(2, "c2")
+    assert next_attempt(2, known) == AttemptInfo(3, "c3")
+    assert next_attempt(3, known) is None
+    assert next_attempt(1, []) is None
+
+
+def test_interleave_takes_ranks_in_turn_and_keeps_each_ranks_order() -> None:
+    out = interleave({1: ["b1", "b2"], 0: ["a1", "a2", "a3"], 2: []})
+    assert out == ["[rank 0] a1", "[rank 1] b1", "[rank 0] a2", "[rank 1] b2", "[rank 0] a3"]
+    assert interleave({}) == []
+
+
+def test_line_reader_holds_back_an_unfinished_line(tmp_path: Path) -> None:
+    p = tmp_path / "rank-0.log"
+    r = LineReader(p)
+    assert r.read() == []   # not there yet
+    p.write_bytes(b"one\ntw")
+    assert r.read() == ["one"]
+    with p.open("ab") as f:
+        f.write(b"o\nthree \xff")
+    assert r.read() == ["two"]
+    assert r.read(final=True) == ["three \ufffd"]   # the writer is done: its last bytes count
+    assert r.read(final=True) == []
+
+
+def test_attempt_logs_all_ranks_finds_rank_files_as_they_appear(tmp_path: Path) -> None:
+    jd = JobDir(tmp_path / "job")
+    d = jd.attempt_logs(1)
+    d.mkdir(parents=True)
+    (d / "rank-0.log").write_text("r0 a\n")
+    (d / "agent-node0.log").write_text("not a rank\n")
+    al = AttemptLogs(jd, 1, None)
+    assert al.read() == ["[rank 0] r0 a"]
+    (d / "rank-1.log").write_text("r1 a\nr1 b\n")
+    with (d / "rank-0.log").open("a") as f:
+        f.write("r0 b\n")
+    assert al.read() == ["[rank 0] r0 b", "[rank 1] r1 a", "[rank 1] r1 b"]
+    assert AttemptLogs(jd, 1, 1).read() == ["r1 a", "r1 b"]   # one rank: no prefix
+
+
+def test_attempts_on_disk_ignores_odd_names(tmp_path: Path) -> None:
+    jd = JobDir(tmp_path / "job")
+    assert logs.attempts_on_disk(jd) == []
+    for name in ("attempt-2", "attempt-10", "attempt-x"):
+        (jd.logs / name).mkdir(parents=True)
+    assert logs.attempts_on_disk(jd) == [2, 10]
+
+
+def test_emit_writes_whole_lines() -> None:
+    out = io.StringIO()
+    logs._emit(["a", "b"], out)
+    assert out.getvalue() == "a\nb\n"
