@@ -3,7 +3,7 @@
 runs/<run-id>/plan.yaml  run.db  driver.log  peak_memory.csv  report/report.md (+ PNG plots)
 runs/<run-id>/jobs/<job>/job-<attempt>.json  logs/attempt-<n>/rank-<r>.log  heartbeat/rank-<r>.json
                          checkpoints/checkpoint-<step>/  metrics.jsonl  result.json  adapter/  seen/
-                         gpu_mem.csv  peak_mem.csv
+                         gpu_mem.csv  peak_mem.csv  tb/ (TensorBoard)  wandb/  mlruns/ (when asked for)
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ class JobDir:
     def seen(self) -> Path:
         """What each rank saw of its environment (devices, node, rank ids): evidence for tests and audits."""
         return self.root / "seen"
+
+    @property
+    def tb(self) -> Path:
+        """TensorBoard event files of every attempt (one log dir: a restart appends to the same curves)."""
+        return self.root / "tb"
 
     @property
     def gpu_mem_csv(self) -> Path:

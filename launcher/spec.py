@@ -63,6 +63,10 @@ class LoraSpec(Strict):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], description="module names that get adapters")
 
 
+TrackingBackend = Literal["tensorboard", "wandb", "mlflow"]
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb", "mlflow")
+
+
 class TrainingSpec(Strict):
     epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int = Field(-1, description="overrides epochs when > 0")
@@ -79,6 +83,23 @@ class TrainingSpec(Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
     max_grad_norm: float = Field(1.0, ge=0)
     lora: LoraSpec | None = Field(default_factory=LoraSpec, description="null trains the full model (method permitting)")
+    report_to: list[TrackingBackend] | Literal["none"] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers, or none: one run per job that continues across attempts, grouped by "
+                    "the run id; TensorBoard under jobs/<job>/tb/, W&B offline and MLflow's file store under the "
+                    "job dir unless the job's env says otherwise (WANDB_MODE, MLFLOW_TRACKING_URI)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        # `report_to: wandb` is short for [wandb]; none (or [none]) is []. One message for a bad value
+        # instead of one per union member.
+        items = [v] if isinstance(v, str) else v
+        if items == ["none"]:
+            return []
+        if not isinstance(items, list) or any(i not in TRACKERS for i in items):
+            raise ValueError(f"expected a list of {', '.join(TRACKERS)}, or none (got {v!r})")
+        return list(dict.fromkeys(items))   # duplicates dropped, order kept
 
 
 class Resources(Strict):

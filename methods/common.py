@@ -17,7 +17,7 @@ from transformers import Trainer, TrainingArguments
 from launcher.atomic import write_json
 from launcher.layout import JobDir
 from launcher.spec import JobFile
-from methods import jit_ops
+from methods import jit_ops, tracking
 from methods.callbacks import HeartbeatCallback, SampleRecorder
 from methods.model_cache import converted_gguf, resolve_gguf
 from methods.models import TRAINABLE_ADAPTER
@@ -88,6 +88,7 @@ def training_arguments(job: JobFile, precision: Precision, has_eval: bool) -> Tr
     """
     t = job.training
     cpu = not torch.cuda.is_available()
+    report_to = tracking.prepare(job, RankInfo.from_env().rank)   # the trackers' environment, set here
     return TrainingArguments(
         output_dir=str(JobDir(Path(job.job_dir)).checkpoints),
         per_device_train_batch_size=t.batch_size,
@@ -119,7 +120,9 @@ def training_arguments(job: JobFile, precision: Precision, has_eval: bool) -> Tr
         # trains on the whole data set (DESIGN.md). With it, accelerate sets up gloo.
         use_cpu=cpu,
         deepspeed=job.deepspeed,
-        report_to=[],
+        # One tracking run per job across attempts (methods/tracking.py); run_name names it.
+        report_to=report_to,
+        run_name=job.job,
         # sample_index must reach the collator's batch (MethodTrainer pops it before the model).
         remove_unused_columns=False,
         label_names=["labels"],
@@ -144,6 +147,7 @@ class MethodTrainer(Trainer):
     def __init__(self, *args: Any, recorder: SampleRecorder | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.recorder = recorder
+        tracking.install(self)   # TensorBoard that purges on resume, and the launcher's own series
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         indices = inputs.pop("sample_index", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def test_training_arguments_mapping(tmp_path):
     assert args.eval_strategy == "no"
     assert args.lr_scheduler_type == "cosine" and args.get_warmup_steps(50) == 5
     assert (args.gradient_accumulation_steps, args.max_steps, args.weight_decay) == (3, 50, 0.1)
-    assert args.activation_checkpointing and args.report_to == [] and not args.remove_unused_columns
+    assert args.activation_checkpointing and args.report_to == ["tensorboard"] and not args.remove_unused_columns
+    assert args.run_name == "sft" and os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tb")
     assert training_arguments(job, "fp32", has_eval=True).eval_steps == 7
 
 
