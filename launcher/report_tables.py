@@ -118,13 +118,13 @@ class CompareRow:
     metric: str
     direction: str
     values: list[float | str | None]     # one per run, None where the run has no such number
-    deltas: list[float | None]           # run i minus the first run, for runs 2..n
+    deltas: list[float | int | None]     # run i minus the first run, for runs 2..n
     judges: list[str | None]             # who produced each run's number
     same_judge: bool                     # False: the numbers are not comparable as they stand
 
 
-def _num(v: float | str | None) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+def _num(v: float | str | None) -> float | int | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None   # ints stay ints: counts
 
 
 def compare(runs: list[list[ResultRow]]) -> list[CompareRow]:
@@ -144,7 +144,8 @@ def compare(runs: list[list[ResultRow]]) -> list[CompareRow]:
         rows = [d.get(k) for d in by_run]
         values = [r.value if r else None for r in rows]
         base = _num(values[0])
-        deltas = [None if base is None or _num(v) is None else _num(v) - base for v in values[1:]]
+        nums = [_num(v) for v in values[1:]]
+        deltas = [None if base is None or n is None else n - base for n in nums]
         judges = [r.judge if r else None for r in rows]
         present = {j for j in judges if j is not None}
         direction = next((r.direction for r in rows if r and r.direction not in ("", "-")), "-")

@@ -83,3 +83,11 @@ def test_compare_of_three_runs_has_two_delta_columns() -> None:
     assert t.header[2:7] == ["a", "b", "c", "Δ b", "Δ c"]
     assert t.rows[0][2:7] == [1.0, 3.0, 0.5, 2.0, -0.5]
     assert to_markdown(t).splitlines()[2] == "| j | m | 1.00 | 3.00 | 0.50 | +2.00 | -0.50 | x | - |"
+
+
+def test_compare_of_counts_gives_whole_deltas() -> None:
+    a = [ResultRow("j", "j", "steps", 10, "-", "-", "-")]
+    b = [ResultRow("j", "j", "steps", 20, "-", "-", "-")]
+    (row,) = compare([a, b])
+    assert row.deltas == [10] and isinstance(row.deltas[0], int)
+    assert to_markdown(compare_table(["a", "b"], [row])).splitlines()[2] == "| j | steps | 10 | 20 | +10 | - | - |"
