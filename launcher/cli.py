@@ -6,6 +6,7 @@ Each is a `main() -> int`; bin/ scripts only set up the environment and call the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -19,8 +20,9 @@ import subprocess
 import psutil
 from rich.console import Console
 
-from launcher import driver_lock, kill, pathcheck, procs, rundir, status
+from launcher import cliargs, driver_lock, exitcodes, kill, pathcheck, procs, rundir, status
 from launcher.cluster import ClusterOptions, planned_local_shape, shape_from_ray, start
+from launcher.cliresult import Detached, KillResult
 from launcher.control import request_kill
 from launcher.dsconfig import zero_stage
 from launcher.journal import Journal
@@ -34,23 +36,7 @@ DEFAULT_RUNS = default_runs_dir()
 
 
 def _launch_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bin/launch", description="Run an experiment plan on Ray.")
-    p.add_argument("plan", help="plan YAML file")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a plan value, e.g. --set jobs.lisa.params.rho=1 (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the expanded jobs and start nothing")
-    p.add_argument("--address", help="join an existing Ray cluster (auto or HOST:PORT) instead of starting one")
-    p.add_argument("--simulate-gpus", type=int, metavar="N", help="declare N logical GPUs (default 2 where no GPU is found)")
-    p.add_argument("--gpu-type", help="GPU type declared for the local node when simulating (e.g. H20)")
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help="where run directories go (default: ./runs)")
-    p.add_argument("--run-id", help="name of the run directory (default: <plan>-<time>-<random>)")
-    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default: localhost only)")
-    p.add_argument("--dashboard-port", type=int, default=8265)
-    p.add_argument("--detach", action="store_true", help="run the driver in its own session and return at once")
-    p.add_argument("--order", choices=ORDERS, default="critical-path",
-                   help="which ready job gets free GPUs first (fifo: plan order, for comparison)")
-    return p
+    return cliargs.launch_parser()   # stdlib-only parsers: `sl launch --help` answers without this module
 
 
 def print_dry_run(plan: Plan, console: Console, runs_dir: Path = DEFAULT_RUNS) -> None:
@@ -88,12 +74,12 @@ def _cluster_options(args: argparse.Namespace) -> ClusterOptions:
                           dashboard_port=args.dashboard_port)
 
 
-def _detach(argv: list[str], runs_dir: Path, run_id: str) -> int:
+def _detach(argv: list[str], runs_dir: Path, run_id: str, as_json: bool = False) -> int:
     """Re-run this launch as a driver in its own session (an SSH drop or closed terminal kills
     nothing), its output in the run directory; return as soon as the run is on record."""
     root = runs_dir / run_id
     root.mkdir(parents=True)
-    child = [a for a in argv if a != "--detach"] + ["--run-id", run_id]
+    child = [a for a in argv if a not in ("--detach", "--json")] + ["--run-id", run_id]
     with open(root / "driver.out", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "launcher", *child], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
@@ -103,8 +89,11 @@ def _detach(argv: list[str], runs_dir: Path, run_id: str) -> int:
     if proc.poll() not in (None, 0):
         print(f"the detached driver exited with {proc.returncode}; see {root / 'driver.out'}", file=sys.stderr)
         return 1
+    if as_json:
+        print(Detached("launch", run_id, str(root.resolve()), proc.pid, str(root / "driver.out"), str(runs_dir)).to_json())
+        return 0
     print(f"run {run_id}\n  dir {root.resolve()}\n  driver pid {proc.pid} (detached; log {root / 'driver.out'})")
-    print(f"  watch: bin/status {run_id} --runs-dir {runs_dir}    stop: bin/kill {run_id} --runs-dir {runs_dir}")
+    print(f"  watch: sl status {run_id} --runs-dir {runs_dir}    stop: sl kill {run_id} --runs-dir {runs_dir}")
     return 0
 
 
@@ -151,6 +140,9 @@ def launch_main(argv: list[str] | None = None) -> int:
     if bad_run_id:  # the run's directory name: checked before Ray is joined or anything is made
         print(f"--run-id {pathcheck.clip(args.run_id)}: {bad_run_id}; nothing was started", file=sys.stderr)
         return 2
+    if args.json and not args.detach:   # an attached run prints its live table; JSON is for what returns at once
+        print("--json goes with --detach (sl status RUN --json reads any run); nothing was started", file=sys.stderr)
+        return 2
     # No markup: plan values such as "[validation]" must print as written.
     console = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
     opts = _cluster_options(args)
@@ -172,7 +164,7 @@ def launch_main(argv: list[str] | None = None) -> int:
         print_dry_run(plan, console, args.runs_dir)
         return 0
     if args.detach:
-        return _detach(["launch", *argv], args.runs_dir, args.run_id or rundir.new_run_id(plan))
+        return _detach(["launch", *argv], args.runs_dir, args.run_id or rundir.new_run_id(plan), args.json)
 
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     rd = rundir.create(plan, args.runs_dir, args.run_id)
@@ -189,11 +181,10 @@ def launch_main(argv: list[str] | None = None) -> int:
 
 def resume_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="bin/resume", description="Continue a run whose driver died or was killed: "
-                                "finished jobs are kept, the others continue from their newest complete checkpoint.")
-    add_run_arguments(p)
-    p.add_argument("--detach", action="store_true", help="run the driver in its own session and return")
-    args = p.parse_args(argv)
+    args = cliargs.resume_parser().parse_args(argv)
+    if args.json and not args.detach:
+        print("--json goes with --detach (sl status RUN --json reads any run)", file=sys.stderr)
+        return 2
     rd = open_run(args)
     if rd is None:
         return 2
@@ -217,7 +208,7 @@ def resume_main(argv: list[str] | None = None) -> int:
     launch_args = _launch_parser().parse_args(json.loads(run["args"])["argv"])
     if args.detach:
         journal.close()
-        return _detach_resume(argv, rd)
+        return _detach_resume(argv, rd, args.json)
     swept = sweep(journal, rd.root.name)
     opts = _cluster_options(launch_args)
     shape, declare = planned_local_shape(opts) if not opts.address else (None, None)
@@ -238,24 +229,21 @@ def resume_main(argv: list[str] | None = None) -> int:
     return run_driver(plan, rd, journal, env, opts, declare, None, Console(soft_wrap=True), launch_args.order)
 
 
-def _detach_resume(argv: list[str], rd: RunDir) -> int:
-    child = [a for a in argv if a != "--detach"]
+def _detach_resume(argv: list[str], rd: RunDir, as_json: bool = False) -> int:
+    child = [a for a in argv if a not in ("--detach", "--json")]
     with open(rd.root / "driver.out", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "launcher", "resume", *child], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+    if as_json:
+        print(Detached("resume", rd.root.name, str(rd.root.resolve()), proc.pid, str(rd.root / "driver.out"),
+                       str(rd.root.parent)).to_json())
+        return 0
     print(f"resuming run {rd.root.name} in the background (driver pid {proc.pid}; log {rd.root / 'driver.out'})")
     return 0
 
 
 def kill_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bin/kill", description="Stop a run or one of its jobs, leaving no process behind.")
-    add_run_arguments(p, required=True)
-    p.add_argument("job", nargs="?", help="only this job (its dependants are then skipped)")
-    p.add_argument("--force", action="store_true",
-                   help="SIGKILL at once instead of TERM, grace, KILL; for the whole run, also SIGKILL a driver "
-                        f"that has not read the request within {kill.FORCE_PATIENCE_S:.0f}s")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the driver to confirm")
-    args = p.parse_args(argv)
+    args = cliargs.kill_parser().parse_args(argv)
     rd = open_run(args)
     if rd is None:
         return 2
@@ -268,23 +256,33 @@ def kill_main(argv: list[str] | None = None) -> int:
         driver = DriverInfo.of(journal)
     finally:
         journal.close()
+    # With --json the prose goes to stderr, so stdout carries only the result.
+    prose = sys.stderr if args.json else sys.stdout
+
+    def done(outcome: str, code: int, swept: list[int] | None = None) -> int:
+        if args.json:
+            print(KillResult(rd.root.name, args.job, args.force, outcome, driver.pid, sorted(swept or []), code).to_json())
+        return code
+
     if driver.alive():
         request = request_kill(rd.root, args.job, args.force)
         step, taken, waited = kill.await_driver(rd, driver, request, args.job, args.force, args.timeout)
         if step == "done":
-            print(f"killed {'job ' + args.job if args.job else 'run'} in {rd.root.name}")
-            return 0
+            print(f"killed {'job ' + args.job if args.job else 'run'} in {rd.root.name}", file=prose)
+            return done("killed", 0)
         if step == "kill_driver":
-            return kill.force_kill_run(rd, driver, taken, waited)
+            with contextlib.redirect_stdout(prose):
+                code = kill.force_kill_run(rd, driver, taken, waited)
+            return done("driver_killed" if code == 0 else "unanswered", code)
         if step == "give_up":
             print(kill.unanswered(rd.root.name, args.job, args.force, taken, waited, driver.pid), file=sys.stderr)
-            return 1
-        print(f"the driver (pid {driver.pid}) exited before confirming the kill", flush=True)
+            return done("unanswered", 1)
+        print(f"the driver (pid {driver.pid}) exited before confirming the kill", file=prose, flush=True)
     # No driver: this command is the only writer now; sweep and put the kill on record.
     hit = kill.kill_without_driver(rd, args.job, 0.0 if args.force else 10.0,
                                    "killed by bin/kill (driver not running)", "bin/kill with no live driver")
-    print(f"driver not running; swept {len(hit)} leftover process(es); run {rd.root.name} marked killed")
-    return 0
+    print(f"driver not running; swept {len(hit)} leftover process(es); run {rd.root.name} marked killed", file=prose)
+    return done("swept", 0, hit)
 
 
 def logs_main(argv: list[str] | None = None) -> int:
@@ -293,13 +291,8 @@ def logs_main(argv: list[str] | None = None) -> int:
 
 
 def status_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bin/status", description="Show a run's jobs from its journal.")
-    add_run_arguments(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output (a stable contract)")
-    p.add_argument("--watch", action="store_true", help="a live table until the run ends")
-    p.add_argument("--all", action="store_true", dest="all_jobs",
-                   help=f"list every job (over {status.FOLD_OVER} jobs, succeeded/pending/skipped ones are counted, not listed)")
-    args = p.parse_args(argv)
+    """Exit status: the run's state (launcher/exitcodes.py): 0 succeeded, 1 failed/killed, 3 running, 4 driver gone."""
+    args = cliargs.status_parser().parse_args(argv)
     rd = open_run(args)
     if rd is None:
         return 2
@@ -308,10 +301,31 @@ def status_main(argv: list[str] | None = None) -> int:
             status.watch(rd, all_jobs=args.all_jobs)
         except KeyboardInterrupt:
             pass
-        return 0
     st = status.collect(rd)
     if args.json:
         print(json.dumps(st, indent=2))
-    else:
+    elif not args.watch:
         status.render(st, all_jobs=args.all_jobs)
+    return exitcodes.for_run(st["state"], st.get("driver"))
+
+
+def cluster_main(argv: list[str] | None = None) -> int:
+    args = cliargs.cluster_parser().parse_args(argv)
+    opts = ClusterOptions(address=args.address, simulate_gpus=args.simulate_gpus, gpu_type=args.gpu_type)
+    if args.address:
+        start(opts, None)   # joins; a driver that joined leaves the cluster running
+        shape = shape_from_ray()
+        import ray
+        ray.shutdown()
+        source = f"Ray cluster at {args.address}"
+    else:
+        shape, declared = planned_local_shape(opts)
+        source = "this machine, simulated GPUs" if declared else "this machine (NVML)"
+    if args.json:
+        print(json.dumps({"source": source, "nodes": [{"id": n.node_id, "gpus": n.gpus, "gpu_type": n.gpu_type}
+                                                       for n in shape.nodes]}, indent=2))
+    else:
+        print(f"{shape.describe()}  [{source}]")
+        for n in shape.nodes:
+            print(f"  {n.node_id}: {n.gpus} GPU(s){' ' + n.gpu_type if n.gpu_type else ''}")
     return 0

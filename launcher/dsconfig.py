@@ -11,12 +11,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from launcher import shipped as shipped_files   # (dsconfig.shipped() lists the names)
 from launcher.pathcheck import clip, is_file
 from launcher.spec import TrainingSpec
 
 
 def ds_dir(repo_root: Path) -> Path:
-    return repo_root / "ds_configs"
+    """The shipped configs: inside the installed package, else <repo_root>/ds_configs (launcher/shipped.py)."""
+    return shipped_files.ds_configs_dir(repo_root)
 
 
 def shipped(repo_root: Path) -> list[str]:

@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from launcher import rundir
-from launcher.layout import RunDir
+if TYPE_CHECKING:  # stdlib only at import: the `sl CMD --help` path builds these parsers without the venv
+    from launcher.layout import RunDir
 
 
 def default_runs_dir() -> Path:
@@ -25,6 +26,7 @@ def add_run_arguments(p: argparse.ArgumentParser, required: bool = False) -> Non
 
 def open_run(args: argparse.Namespace) -> RunDir | None:
     """The run named by args.run under args.runs_dir, or None after saying on stderr why not."""
+    from launcher import rundir
     try:
         return rundir.find_run(args.runs_dir, args.run)
     except FileNotFoundError as e:

@@ -20,7 +20,9 @@ def launch(plan: Path | str, runs: Path, *extra: str, timeout: float = 600) -> s
 
 def status(runs: Path, run: str | None = None) -> dict[str, Any]:
     argv = [sys.executable, "-m", "launcher", "status", "--runs-dir", str(runs), "--json", *([run] if run else [])]
-    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    if out.returncode not in (0, 1, 3, 4):   # status exits with the run's state (launcher/exitcodes.py)
+        raise subprocess.CalledProcessError(out.returncode, argv, out.stdout, out.stderr)
     return json.loads(out.stdout)
 
 

@@ -132,7 +132,7 @@ def test_sigkill_driver_then_resume(runs: Path, tmp_path: Path) -> None:
     st = status(runs, run)
     assert st["state"] == "running" and st["driver"] == "gone"
     assert f"driver gone: bin/resume {run}" in _cli("status", run, "--runs-dir", str(runs)).stdout
-    assert _cli("status", run, "--runs-dir", str(runs), "--watch", timeout=30).returncode == 0
+    assert _cli("status", run, "--runs-dir", str(runs), "--watch", timeout=30).returncode == 4   # interrupted
     assert _cli("logs", run, "train", "--runs-dir", str(runs), "-f", timeout=30).returncode == 0
     out = _cli("resume", run, "--runs-dir", str(runs))
     assert out.returncode == 0, out.stdout + out.stderr

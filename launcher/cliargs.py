@@ -1,0 +1,91 @@
+"""The argument parsers of `sl launch|status|kill|resume|cluster`, stdlib only.
+
+Kept apart from launcher/cli.py (which imports pydantic, rich, psutil: about a second) so that
+`sl CMD --help` and shell completion answer at once, even before the venv exists. The three
+constants below mirror scheduler.ORDERS, status.FOLD_OVER and kill.FORCE_PATIENCE_S without
+importing those modules; tests/unit/launcher/test_cli_parsers.py checks they agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from launcher import exitcodes
+from launcher.runarg import add_run_arguments, default_runs_dir
+
+ORDERS = ("critical-path", "fifo")
+FOLD_OVER = 50
+FORCE_PATIENCE_S = 10.0
+
+
+def launch_parser(prog: str = "sl launch") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run an experiment plan on Ray.",
+                                epilog="exit status: 0 the run succeeded (or --dry-run/--detach done), 1 it failed "
+                                       "or was killed, 2 a bad plan or bad arguments (nothing started)")
+    p.add_argument("plan", help="plan YAML file (`sl examples` lists the shipped ones)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a plan value, e.g. --set jobs.lisa.params.rho=1 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded jobs and start nothing")
+    p.add_argument("--address", help="join an existing Ray cluster (auto or HOST:PORT) instead of starting one")
+    p.add_argument("--simulate-gpus", type=int, metavar="N", help="declare N logical GPUs (default 2 where no GPU is found)")
+    p.add_argument("--gpu-type", help="GPU type declared for the local node when simulating (e.g. H20)")
+    p.add_argument("--runs-dir", type=Path, default=default_runs_dir(), help="where run directories go (default: ./runs)")
+    p.add_argument("--run-id", help="name of the run directory (default: <plan>-<time>-<random>)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default: localhost only)")
+    p.add_argument("--dashboard-port", type=int, default=8265)
+    p.add_argument("--detach", action="store_true", help="run the driver in its own session and return at once")
+    p.add_argument("--json", action="store_true",
+                   help="with --detach: print the run id, directory, driver pid and log as JSON")
+    p.add_argument("--order", choices=ORDERS, default="critical-path",
+                   help="which ready job gets free GPUs first (fifo: plan order, for comparison)")
+    return p
+
+
+def status_parser(prog: str = "sl status") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Show a run's jobs from its journal.", epilog=exitcodes.HELP)
+    add_run_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output (a stable contract)")
+    p.add_argument("--watch", action="store_true", help="a live table until the run ends")
+    p.add_argument("--all", action="store_true", dest="all_jobs",
+                   help=f"list every job (over {FOLD_OVER} jobs, succeeded/pending/skipped ones are counted, not listed)")
+    return p
+
+
+def kill_parser(prog: str = "sl kill") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Stop a run or one of its jobs, leaving no process behind.",
+                                epilog="exit status: 0 killed (or swept), 1 the driver did not confirm in time, "
+                                       "2 no such run or job")
+    add_run_arguments(p, required=True)
+    p.add_argument("job", nargs="?", help="only this job (its dependants are then skipped)")
+    p.add_argument("--force", action="store_true",
+                   help="SIGKILL at once instead of TERM, grace, KILL; for the whole run, also SIGKILL a driver "
+                        f"that has not read the request within {FORCE_PATIENCE_S:.0f}s")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the driver to confirm")
+    p.add_argument("--json", action="store_true", help="print what was done as JSON (outcome, swept pids)")
+    return p
+
+
+def resume_parser(prog: str = "sl resume") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Continue a run whose driver died or was killed: "
+                                "finished jobs are kept, the others continue from their newest complete checkpoint.",
+                                epilog="exit status: as sl launch; 2 also when another driver holds the run")
+    add_run_arguments(p)
+    p.add_argument("--detach", action="store_true", help="run the driver in its own session and return")
+    p.add_argument("--json", action="store_true", help="with --detach: print the run, driver pid and log as JSON")
+    return p
+
+
+def cluster_parser(prog: str = "sl cluster") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="The cluster a launch would use: nodes, GPUs and GPU types "
+                                "(this machine's NVML GPUs, the simulated ones, or a running Ray cluster's).")
+    p.add_argument("--address", help="read a running Ray cluster (auto or HOST:PORT) instead of this machine")
+    p.add_argument("--simulate-gpus", type=int, metavar="N", help="as sl launch: N logical GPUs on this machine")
+    p.add_argument("--gpu-type", help="as sl launch: the GPU type declared when simulating")
+    p.add_argument("--json", action="store_true", help="machine-readable: {\"nodes\": [{\"id\", \"gpus\", \"gpu_type\"}]}")
+    return p
+
+
+PARSERS = {"launch": launch_parser, "status": status_parser, "kill": kill_parser, "resume": resume_parser,
+           "cluster": cluster_parser}
