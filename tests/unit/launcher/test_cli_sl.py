@@ -152,3 +152,11 @@ def test_json_results_have_stable_keys() -> None:
     k = json.loads(KillResult("r1", None, True, "swept", 9, [3, 4], 0).to_json())
     assert list(k) == ["run", "job", "force", "outcome", "driver_pid", "swept_pids", "exit_code"]
     assert k["swept_pids"] == [3, 4] and k["job"] is None
+
+
+def test_cluster_shows_the_simulated_local_node(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sl.main(["cluster", "--simulate-gpus", "4", "--gpu-type", "H20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"source": "this machine, simulated GPUs",
+                                                   "nodes": [{"id": "local", "gpus": 4, "gpu_type": "H20"}]}
+    assert sl.main(["cluster", "--simulate-gpus", "2"]) == 0
+    assert capsys.readouterr().out.startswith("1 node (2 GPUs)  [this machine, simulated GPUs]")
