@@ -59,7 +59,9 @@ jobs:
 
 def status(runs: Path) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "launcher", "status", "--runs-dir", str(runs), "--json"],
-                         cwd=REPO, capture_output=True, text=True, check=True)
+                         cwd=REPO, capture_output=True, text=True)
+    if out.returncode not in (0, 1, 3, 4):   # status exits with the run's state (launcher/exitcodes.py)
+        raise subprocess.CalledProcessError(out.returncode, out.args, out.stdout, out.stderr)
     return json.loads(out.stdout)
 
 

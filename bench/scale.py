@@ -59,7 +59,10 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
 
 def cli_s(*args: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, *args], cwd=REPO, env=runs.env(), check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=runs.env(), capture_output=True, timeout=300)
+    # status exits with the run's state (3: running, as this mid-run journal is); anything else is an error.
+    if proc.returncode != 0 and not ("status" in args and proc.returncode in (1, 3, 4)):
+        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
     return time.perf_counter() - t0
 
 
