@@ -17,7 +17,7 @@ from launcher import atomic
 from launcher.layout import JobDir, RunDir
 
 SAMPLE_COLUMNS = ["time", "node", "host", "backend", "attempt", "gpu_index", "gpu_uuid", "device_used_mib",
-                  "device_total_mib", "util_pct", "job_mib", "job_procs", "step"]
+                  "device_total_mib", "util_pct", "job_mib", "job_procs", "step", "job_mib_note"]
 
 
 def _f(v: float | None, digits: int = 1) -> str:
@@ -48,12 +48,13 @@ class SampleRow:
     job_mib: float | None
     job_procs: dict[int, float | None]
     step: int | None
+    job_mib_note: str = ""   # why job_mib is empty although the device was measured (memprobe.UNKNOWN_*)
 
     def to_csv(self) -> list[str]:
         procs = " ".join(f"{pid}:{_f(v)}" for pid, v in sorted(self.job_procs.items()))
         return [f"{self.time:.3f}", self.node, self.host, self.backend, str(self.attempt), self.gpu_index,
                 self.gpu_uuid or "", _f(self.device_used_mib), _f(self.device_total_mib), _f(self.util_pct, 0),
-                _f(self.job_mib), procs, "" if self.step is None else str(self.step)]
+                _f(self.job_mib), procs, "" if self.step is None else str(self.step), self.job_mib_note]
 
     @classmethod
     def from_csv(cls, d: dict[str, str]) -> SampleRow:
@@ -65,7 +66,7 @@ class SampleRow:
         return cls(float(d["time"]), d["node"], d.get("host", ""), d["backend"], int(d["attempt"] or 1),
                    d["gpu_index"], d.get("gpu_uuid") or None, _num(d.get("device_used_mib")),
                    _num(d.get("device_total_mib")), _num(d.get("util_pct")), _num(d.get("job_mib")), procs,
-                   None if step is None else int(step))
+                   None if step is None else int(step), d.get("job_mib_note") or "")
 
 
 @dataclass
@@ -88,6 +89,8 @@ class PeakRow:
     samples: int = 0
     first_time: float | None = None
     last_time: float | None = None
+    unknown_samples: int = 0   # samples where the job's memory could not be attributed (peak_mib ignores them)
+    unknown_note: str = ""     # the last such sample's reason
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -101,7 +104,8 @@ class PeakRow:
         return [self.node, self.host, self.backend, str(self.attempt), self.gpu_index, self.gpu_uuid or "",
                 s(self.peak_mib), s(self.peak_time, 3), s(self.peak_step), s(self.peak_device_used_mib),
                 s(self.device_total_mib), s(self.torch_max_allocated_mib), s(self.torch_max_reserved_mib),
-                str(self.samples), s(self.first_time, 3), s(self.last_time, 3)]
+                str(self.samples), s(self.first_time, 3), s(self.last_time, 3), str(self.unknown_samples),
+                self.unknown_note]
 
     @classmethod
     def from_csv(cls, d: dict[str, str]) -> PeakRow:
@@ -111,7 +115,17 @@ class PeakRow:
                    None if step is None else int(step), _num(d.get("peak_device_used_mib")),
                    _num(d.get("device_total_mib")), _num(d.get("torch_max_allocated_mib")),
                    _num(d.get("torch_max_reserved_mib")), int(_num(d.get("samples")) or 0),
-                   _num(d.get("first_time")), _num(d.get("last_time")))
+                   _num(d.get("first_time")), _num(d.get("last_time")), int(_num(d.get("unknown_samples")) or 0),
+                   d.get("unknown_note") or "")
+
+
+def peak_text(p: PeakRow) -> str:
+    """The peak as reports print it: "unknown" (how often, why) where samples could not be
+    attributed, never a 0 standing in for it; at least the known peak when some samples were."""
+    if not p.unknown_samples:
+        return "-" if p.peak_mib is None else f"{p.peak_mib:.1f}"
+    why = f"{p.unknown_samples} of {p.samples} samples: {p.unknown_note}"
+    return f">= {p.peak_mib:.1f} (unknown in {why})" if p.peak_mib else f"unknown ({why})"
 
 
 PEAK_COLUMNS = [f.name for f in fields(PeakRow)]
@@ -140,6 +154,8 @@ class PeakTracker:
         p.gpu_uuid = p.gpu_uuid or r.gpu_uuid
         p.device_total_mib = r.device_total_mib if r.device_total_mib is not None else p.device_total_mib
         p.peak_device_used_mib = _max(p.peak_device_used_mib, r.device_used_mib)
+        if r.job_mib is None and r.job_mib_note:
+            p.unknown_samples, p.unknown_note = p.unknown_samples + 1, r.job_mib_note
         if r.job_mib is not None and (p.peak_mib is None or r.job_mib > p.peak_mib):
             p.peak_mib, p.peak_time, p.peak_step = r.job_mib, r.time, r.step
             return True

@@ -12,12 +12,21 @@ which one measured:
 
 Processes are passed as PIDs or (PID, create time) pairs; a pair protects the host probe from
 reading a recycled PID. Vanished processes are skipped silently.
+
+NVML reports PIDs of the namespace the driver sees (the host's). A job process is matched by any of
+its PIDs across nested PID namespaces (/proc/<pid>/status NSpid, as far as this /proc shows them),
+so an agent that sees the outer namespace still finds ranks running in an inner one. When no
+process of the job is found on a GPU, the job's memory there is 0 only if that is certain (every
+process NVML lists is someone else's, visible here, or NVML lists none and the device is at its
+idle level); otherwise it is unknown (None) with the reason in `GpuSample.note`, never 0: inside
+a container NVML shows host PIDs that this namespace cannot resolve.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Protocol
@@ -49,6 +58,7 @@ class GpuSample:
     util_pct: float | None
     job_mib: float | None              # sum over the job's processes on this GPU
     procs: dict[int, float | None] = field(default_factory=dict)   # job PID -> MiB
+    note: str = ""                     # why job_mib is None where the device was measured (UNKNOWN_*)
 
 
 class Probe(Protocol):
@@ -63,6 +73,75 @@ def _mib(n: float | int | None) -> float | None:
     return None if n is None else round(n / MIB, 1)
 
 
+UNKNOWN_FOREIGN_PIDS = "nvml_pids_not_in_this_namespace"   # NVML lists PIDs this /proc cannot see
+UNKNOWN_NO_PROCESSES = "nvml_lists_no_process_while_memory_used"
+UNKNOWN_PROCESS_MEMORY = "nvml_per_process_memory_not_reported"   # usedGpuMemory None (WDDM, some containers)
+UNKNOWN_PROCESS_QUERY = "nvml_process_list_unavailable"
+IDLE_SLACK_MIB = 512.0   # device used above its lowest seen by this much: someone holds memory
+
+
+def parse_nspid(status: str) -> tuple[int, ...]:
+    """The NSpid line of /proc/<pid>/status: the process's PID in each PID namespace from this
+    /proc's namespace inwards; () where the kernel has no such line (before 4.1)."""
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return tuple(int(x) for x in line.split()[1:] if x.isdigit())
+    return ()
+
+
+def pid_aliases(pid: int, proc: str = "/proc") -> tuple[int, ...]:
+    """All PIDs of one process that this /proc shows (itself included)."""
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            return tuple(dict.fromkeys((pid, *parse_nspid(f.read()))))
+    except OSError:
+        return (pid,)
+
+
+def pid_visible(pid: int, proc: str = "/proc") -> bool:
+    return pid > 0 and os.path.exists(f"{proc}/{pid}")
+
+
+@dataclass(frozen=True)
+class Attribution:
+    job_mib: float | None
+    procs: dict[int, float | None]
+    note: str = ""
+
+
+def attribute(running: list[tuple[int, float | None]] | None, aliases: dict[int, int],
+              visible: Callable[[int], bool], device_used_mib: float | None, idle_mib: float | None) -> Attribution:
+    """The job's memory on one GPU from NVML's process list (PID, MiB or None). Pure.
+
+    `aliases` maps every PID of a job process (NSpid) to the job's PID for it; `visible` says
+    whether a PID exists in this namespace; `idle_mib` is the lowest device use seen on this GPU."""
+    if running is None:
+        return Attribution(None, {}, UNKNOWN_PROCESS_QUERY)
+    procs: dict[int, float | None] = {}
+    for pid, used in running:
+        mine = aliases.get(pid)
+        if mine is None:
+            continue
+        if mine in procs:   # a PID may hold several contexts
+            prev = procs[mine]
+            used = None if prev is None or used is None else prev + used
+        procs[mine] = used
+    procs = {pid: (None if v is None else round(v, 1)) for pid, v in procs.items()}
+    if procs:
+        # A total with an unknown part would understate the job: leave it empty instead.
+        known = [v for v in procs.values() if v is not None]
+        if len(known) < len(procs):
+            return Attribution(None, procs, UNKNOWN_PROCESS_MEMORY)
+        return Attribution(round(sum(known), 1), procs)
+    if running:
+        if all(visible(pid) for pid, _ in running):
+            return Attribution(0.0, {})   # all of it is other tenants' on this host
+        return Attribution(None, {}, UNKNOWN_FOREIGN_PIDS)
+    if device_used_mib is not None and idle_mib is not None and device_used_mib > idle_mib + IDLE_SLACK_MIB:
+        return Attribution(None, {}, UNKNOWN_NO_PROCESSES)
+    return Attribution(0.0, {})
+
+
 class NvmlProbe:
     """NVML per GPU. `nvml` is the pynvml module (a stub in unit tests); init happens here."""
 
@@ -72,6 +151,8 @@ class NvmlProbe:
         self.nv = nvml if nvml is not None else importlib.import_module("pynvml")
         self.nv.nvmlInit()     # raises NVMLError_LibraryNotFound where there is no driver
         self._warned: set[tuple[str, str, str]] = set()
+        self._idle: dict[str, float] = {}   # GPU -> lowest device used seen (MiB)
+        self.proc = "/proc"
         self.handles: dict[str, Any] = {g: self._query(g, "handle", self._handle, g) for g in gpus}
         self.uuids: dict[str, str | None] = {}
         for g, h in self.handles.items():
@@ -95,7 +176,7 @@ class NvmlProbe:
             return None
 
     def sample(self, gpus: list[str], refs: list[ProcRef]) -> list[GpuSample]:
-        mine = {ref_pid(r) for r in refs}
+        aliases = {alias: pid for pid in {ref_pid(r) for r in refs} for alias in pid_aliases(pid, self.proc)}
         out = []
         for g in gpus:
             h = self.handles.get(g)
@@ -105,22 +186,15 @@ class NvmlProbe:
             mem = self._query(g, "memory", self.nv.nvmlDeviceGetMemoryInfo, h)
             util = self._query(g, "utilization", self.nv.nvmlDeviceGetUtilizationRates, h)
             running = self._query(g, "processes", self.nv.nvmlDeviceGetComputeRunningProcesses, h)
-            procs: dict[int, float | None] = {}
-            for p in running or []:
-                if p.pid not in mine:
-                    continue
-                # None where the driver cannot tell (WDDM, some containers); a PID may hold several contexts.
-                used = None if p.usedGpuMemory is None else p.usedGpuMemory / MIB
-                if p.pid in procs:
-                    prev = procs[p.pid]
-                    used = None if prev is None or used is None else prev + used
-                procs[p.pid] = used
-            procs = {pid: (None if v is None else round(v, 1)) for pid, v in procs.items()}
-            # A total with an unknown part would understate the job: leave it empty instead.
-            job = None if running is None or any(v is None for v in procs.values()) else round(sum(procs.values()), 1)  # type: ignore[arg-type]
-            out.append(GpuSample(g, self.uuids.get(g), _mib(mem.used) if mem is not None else None,
-                                 _mib(mem.total) if mem is not None else None,
-                                 float(util.gpu) if util is not None else None, job, procs))
+            used_mib = _mib(mem.used) if mem is not None else None
+            if used_mib is not None:
+                self._idle[g] = min(self._idle.get(g, used_mib), used_mib)
+            # usedGpuMemory is None where the driver cannot tell (WDDM, some containers).
+            listed = None if running is None else [
+                (p.pid, None if p.usedGpuMemory is None else p.usedGpuMemory / MIB) for p in running]
+            a = attribute(listed, aliases, lambda pid: pid_visible(pid, self.proc), used_mib, self._idle.get(g))
+            out.append(GpuSample(g, self.uuids.get(g), used_mib, _mib(mem.total) if mem is not None else None,
+                                 float(util.gpu) if util is not None else None, a.job_mib, a.procs, a.note))
         return out
 
     def close(self) -> None:

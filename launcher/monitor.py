@@ -33,9 +33,9 @@ Files (rows, reading and peaks in launcher.memfiles, re-exported here; paths in 
 - <run>/peak_memory.csv: all jobs' peak rows (`write_run_peaks`), rebuilt from the job files.
 
 Ray metrics (ray.util.metrics gauges, in Prometheus as ray_sl_job_gpu_memory_mib and
-ray_sl_job_gpu_memory_peak_mib) tagged run/job_name/node/gpu: current and peak MiB of the job
-on each GPU (the job's processes; device used where per-process memory is unknown). The tag is
-job_name because Prometheus renames a scraped `job` label to exported_job.
+ray_sl_job_gpu_memory_peak_mib) tagged run_id/job_name/attempt/node/gpu like the driver's progress
+gauges (launcher.raymetrics): current and peak MiB of the job on each GPU (the job's processes).
+Where that is unknown the gauge is not set (a Prometheus gap, not a made-up number).
 """
 
 from __future__ import annotations
@@ -48,15 +48,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from launcher import heartbeat
+from launcher import heartbeat, raymetrics
 from launcher.layout import JobDir
 from launcher.memfiles import (PEAK_COLUMNS, RUN_PEAK_COLUMNS, SAMPLE_COLUMNS, CsvAppender, PeakRow,  # noqa: F401
-                               PeakTracker, SampleRow, build_run_peaks, job_peaks, peaks_from_samples, read_csv,
-                               read_peaks, read_samples, write_peaks, write_run_peaks)
+                               PeakTracker, SampleRow, build_run_peaks, job_peaks, peak_text, peaks_from_samples,
+                               read_csv, read_peaks, read_samples, write_peaks, write_run_peaks)
 from launcher.memprobe import GpuSample, ProcRef, open_probe
 
 log = logging.getLogger("launcher.monitor")
 DEFAULT_INTERVAL = 0.5   # s: catches a one-second spike with two samples
+NAN = float("nan")
 
 
 # ---------------------------------------------------------------------------------------- heartbeats
@@ -97,12 +98,8 @@ def ray_gauges() -> tuple[Any, Any] | None:
     global _gauges
     with _gauges_lock:
         if _gauges is None:
-            try:
-                from ray.util.metrics import Gauge
-                # "job_name", not "job": Prometheus renames a scraped `job` label (its own) to exported_job.
-                tags = ("run", "job_name", "node", "gpu")
-                _gauges = (Gauge("sl_job_gpu_memory_mib", "GPU memory held by the job's processes (MiB)", tags),
-                           Gauge("sl_job_gpu_memory_peak_mib", "Peak GPU memory of the job's processes (MiB)", tags))
+            try:   # definitions and tags (shared with the driver's progress gauges): launcher.raymetrics
+                _gauges = (raymetrics.make_gauge(raymetrics.GPU_MEMORY), raymetrics.make_gauge(raymetrics.GPU_MEMORY_PEAK))
             except Exception as e:   # no Ray, or metrics disabled: the CSVs still get written
                 log.info("Ray metrics unavailable: %s", e)
                 return None
@@ -201,7 +198,7 @@ class Sampler:
         hbs = self._hb.current()
         step = self._step() if self._step is not None else max((h.step for h in hbs.values()), default=None)
         rows = [SampleRow(t, self.node, self.host, self.backend, self.attempt, s.gpu_index, s.gpu_uuid,
-                          s.device_used_mib, s.device_total_mib, s.util_pct, s.job_mib, s.procs, step)
+                          s.device_used_mib, s.device_total_mib, s.util_pct, s.job_mib, s.procs, step, s.note)
                 for s in measured]
         with self._lock:
             if self._out.fd is None:   # stopped meanwhile
@@ -224,10 +221,10 @@ class Sampler:
                 self._write_peaks()
         if self._gauges is not None:
             for r in rows:
-                cur = r.job_mib if r.job_mib is not None else r.device_used_mib
+                # NaN, not the device's use: Prometheus keeps it and Grafana draws a gap for "unknown".
                 peak = self.tracker.rows[(self.node, self.attempt, r.gpu_index)].peak_mib
-                self._set_gauge(0, r.gpu_index, cur)
-                self._set_gauge(1, r.gpu_index, peak)
+                self._set_gauge(0, r.gpu_index, NAN if r.job_mib is None else r.job_mib)
+                self._set_gauge(1, r.gpu_index, NAN if peak is None else peak)
         return rows
 
     def _write_peaks(self) -> None:
@@ -239,7 +236,7 @@ class Sampler:
     def _set_gauge(self, which: int, gpu: str, value: float | None) -> None:
         try:
             assert self._gauges is not None
-            self._gauges[which].set(value, tags={"run": self.run, "job_name": self.job, "node": self.node, "gpu": gpu})
+            self._gauges[which].set(value, tags=raymetrics.gpu_tags(self.run, self.job, self.attempt, self.node, gpu))
         except Exception as e:
             log.debug("gauge: %s", e)
 

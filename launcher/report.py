@@ -248,10 +248,10 @@ def markdown(r: Report) -> str:
            f"- directory: `{r.dir}`", "", "## Jobs", ""]
     rows = []
     for j in r.jobs:
-        p = job_peak(j)
+        p = job_peak(j) or (j.peaks[0] if j.peaks else None)   # none known: say unknown, not '-'
         steps = f"{j.step}/{j.total_steps}" if j.total_steps else _fmt(j.step)
         rows.append([j.name, j.method, j.state, str(len(j.attempts)), _fmt(_wall(j, now)), steps,
-                     f"{p.peak_mib:.1f} (GPU {p.gpu_index})" if p else "-", p.backend if p else "-"])
+                     f"{monitor.peak_text(p)} (GPU {p.gpu_index})" if p else "-", p.backend if p else "-"])
     out += _table(["job", "method", "state", "attempts", "wall s", "step", "peak MiB", "measured by"], rows)
     out += ["", "## Results", ""]
     if r.results:
@@ -267,7 +267,7 @@ def markdown(r: Report) -> str:
             "`host` backend measured), the device's peak used memory (other tenants included), and the "
             "ranks' own torch peaks (`max_memory_allocated` / `max_memory_reserved`). "
             f"All peaks: `{Path(r.dir).name}/peak_memory.csv`.", ""]
-    peak_rows = [[j.name, str(p.attempt), p.host or p.node[:8], p.gpu_index, _fmt(p.peak_mib),
+    peak_rows = [[j.name, str(p.attempt), p.host or p.node[:8], p.gpu_index, monitor.peak_text(p),
                   _fmt(p.peak_time - r.created if p.peak_time else None), _fmt(p.peak_step),
                   _fmt(p.peak_device_used_mib), _fmt(p.device_total_mib), _fmt(p.torch_max_allocated_mib),
                   _fmt(p.torch_max_reserved_mib), p.backend]

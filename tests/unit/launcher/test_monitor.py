@@ -89,18 +89,19 @@ SCRIPT = [
 ]
 
 EXPECTED_SAMPLES = """\
-time,node,host,backend,attempt,gpu_index,gpu_uuid,device_used_mib,device_total_mib,util_pct,job_mib,job_procs,step
-1000.000,node-a,host-a,nvml,2,0,GPU-aaaa-0000,5000.0,81920.0,87,1200.5,101:1000.0 102:200.5,10
-1000.000,node-a,host-a,nvml,2,GPU-bbbb-1111,GPU-bbbb-1111,2560.0,40960.0,,2048.0,201:2048.0,10
-1000.500,node-a,host-a,nvml,2,0,GPU-aaaa-0000,5800.0,81920.0,90,1500.0,101:1500.0,11
-1000.500,node-a,host-a,nvml,2,GPU-bbbb-1111,GPU-bbbb-1111,2600.0,40960.0,,,201:2048.0 202:,11
+time,node,host,backend,attempt,gpu_index,gpu_uuid,device_used_mib,device_total_mib,util_pct,job_mib,job_procs,step,job_mib_note
+1000.000,node-a,host-a,nvml,2,0,GPU-aaaa-0000,5000.0,81920.0,87,1200.5,101:1000.0 102:200.5,10,
+1000.000,node-a,host-a,nvml,2,GPU-bbbb-1111,GPU-bbbb-1111,2560.0,40960.0,,2048.0,201:2048.0,10,
+1000.500,node-a,host-a,nvml,2,0,GPU-aaaa-0000,5800.0,81920.0,90,1500.0,101:1500.0,11,
+1000.500,node-a,host-a,nvml,2,GPU-bbbb-1111,GPU-bbbb-1111,2600.0,40960.0,,,201:2048.0 202:,11,nvml_per_process_memory_not_reported
 """
 
 EXPECTED_PEAKS = """\
 node,host,backend,attempt,gpu_index,gpu_uuid,peak_mib,peak_time,peak_step,peak_device_used_mib,device_total_mib,\
-torch_max_allocated_mib,torch_max_reserved_mib,samples,first_time,last_time
-node-a,host-a,nvml,2,0,GPU-aaaa-0000,1500.0,1000.500,11,5800.0,81920.0,900.0,1100.0,3,1000.000,1001.000
-node-a,host-a,nvml,2,GPU-bbbb-1111,GPU-bbbb-1111,2048.0,1000.000,10,2600.0,40960.0,1800.0,1950.0,3,1000.000,1001.000
+torch_max_allocated_mib,torch_max_reserved_mib,samples,first_time,last_time,unknown_samples,unknown_note
+node-a,host-a,nvml,2,0,GPU-aaaa-0000,1500.0,1000.500,11,5800.0,81920.0,900.0,1100.0,3,1000.000,1001.000,0,
+node-a,host-a,nvml,2,GPU-bbbb-1111,GPU-bbbb-1111,2048.0,1000.000,10,2600.0,40960.0,1800.0,1950.0,3,1000.000,1001.000,2,\
+nvml_per_process_memory_not_reported
 """
 
 

@@ -69,3 +69,13 @@ def test_cleaner_metrics_name_the_tokenisation():
     seeded = cleaner_metrics(preds, "seed")
     assert "clean_bleu" not in seeded and seeded["clean_bleu_seedtok"] == pytest.approx(100.0)
     assert seeded["poisoned_bleu_seedtok"] == pytest.approx(100.0) and "tok:none" in seeded["bleu_signature"]
+
+
+def test_the_results_table_names_the_bleu_and_hides_its_signature() -> None:
+    from launcher.report import JobInfo, results_table
+    preds = [Prediction(0, False, [], "x = f(1.5, y)", "x = f(1.5, y)", None, True)]
+    for tok, label in (("13a", "BLEU-4 (sacreBLEU 13a), clean inputs"), ("seed", "BLEU-4 (seed tokens), clean inputs")):
+        j = JobInfo(name="fabe_eval", method="eval_fabe", state="succeeded", attempts=[], needs=[], params={},
+                    result={"status": "succeeded", "metrics": cleaner_metrics(preds, tok)})
+        rows = {r.metric: r.value for r in results_table([j])}
+        assert rows[label] == pytest.approx(100.0) and not any("signature" in m for m in rows)
