@@ -152,6 +152,7 @@ class NvmlProbe:
         self.nv.nvmlInit()     # raises NVMLError_LibraryNotFound where there is no driver
         self._warned: set[tuple[str, str, str]] = set()
         self._idle: dict[str, float] = {}   # GPU -> lowest device used seen (MiB)
+        self._nspids: dict[ProcRef, tuple[int, ...]] = {}   # a process's NSpid never changes: read once
         self.proc = "/proc"
         self.handles: dict[str, Any] = {g: self._query(g, "handle", self._handle, g) for g in gpus}
         self.uuids: dict[str, str | None] = {}
@@ -176,7 +177,9 @@ class NvmlProbe:
             return None
 
     def sample(self, gpus: list[str], refs: list[ProcRef]) -> list[GpuSample]:
-        aliases = {alias: pid for pid in {ref_pid(r) for r in refs} for alias in pid_aliases(pid, self.proc)}
+        # Rebuilt from the live refs each sample, so it is bounded by the process tree.
+        self._nspids = {r: self._nspids.get(r) or pid_aliases(ref_pid(r), self.proc) for r in refs}
+        aliases = {alias: ref_pid(r) for r, nspids in self._nspids.items() for alias in nspids}
         out = []
         for g in gpus:
             h = self.handles.get(g)
