@@ -69,7 +69,10 @@ def tracking_env(trackers: list[str], run_id: str, job: str, method: str, jd: Jo
             # The first attempt logged the arguments; MLflow refuses a changed param value, and a
             # restart after an OOM runs with a smaller micro-batch.
             forced["MLFLOW_MAX_LOG_PARAMS"] = "0"
-        defaults |= {"MLFLOW_TRACKING_URI": (jd.root / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": run_id}
+        # MLflow 3 refuses its file store unless allowed: its SQL store needs the full mlflow (a server's
+        # dependencies), where the file store works with mlflow-skinny.
+        defaults |= {"MLFLOW_TRACKING_URI": (jd.root / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": run_id,
+                     "MLFLOW_ALLOW_FILE_STORE": "true"}
     return TrackingEnv(forced, defaults)
 
 

@@ -53,7 +53,8 @@ def test_wandb_resumes_one_run_per_job_grouped_by_run_offline_by_default():
 
 def test_mlflow_file_store_under_the_job_experiment_per_run_params_logged_once():
     first = tracking.tracking_env(["mlflow"], "r1", "sft", "lisa", JD, attempt=1)
-    assert first.defaults == {"MLFLOW_TRACKING_URI": "file:///runs/r1/jobs/sft/mlruns", "MLFLOW_EXPERIMENT_NAME": "r1"}
+    assert first.defaults == {"MLFLOW_TRACKING_URI": "file:///runs/r1/jobs/sft/mlruns", "MLFLOW_EXPERIMENT_NAME": "r1",
+                              "MLFLOW_ALLOW_FILE_STORE": "true"}
     assert json.loads(first.forced["MLFLOW_TAGS"]) == {"launcher.run_id": "r1", "launcher.job": "sft",
                                                        "launcher.method": "lisa", "launcher.attempt": "1"}
     assert "MLFLOW_MAX_LOG_PARAMS" not in first.forced
