@@ -71,3 +71,58 @@ def test_emit_writes_whole_lines() -> None:
     out = io.StringIO()
     logs._emit(["a", "b"], out)
     assert out.getvalue() == "a\nb\n"
+
+
+def _wait_for(pred, what: str) -> None:
+    import time
+    for _ in range(2000):
+        if pred():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_follow_job_switches_attempts_with_a_banner_and_stops_when_the_job_ends(tmp_path: Path) -> None:
+    """A real journal and real files, written by another thread the way the driver and ranks do."""
+    import threading
+
+    from launcher.journal import Journal
+    from launcher.layout import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    j = Journal(rd.db)
+    j.create_run("run", "plan.yaml", {}, 1, 0.0, "h")
+    j.set_run(state="running")
+    j.add_job("train", "train", "synthetic", [], 2, 0)
+    j.start_attempt("train", 1, [], None, 0)
+    jd = rd.job("train")
+    jd.attempt_logs(1).mkdir(parents=True)
+    jd.rank_log(1, 0).write_text("a1 first\n")
+    out = io.StringIO()
+
+    def driver() -> None:
+        dj = Journal(rd.db)   # its own connection: sqlite3 connections stay in their thread
+        try:
+            _wait_for(lambda: "a1 first" in out.getvalue(), "the follower to print attempt 1")
+            with jd.rank_log(1, 0).open("a") as f:
+                f.write("a1 last, no newline")   # the rank died mid-line
+            dj.start_attempt("train", 2, [], str(jd.checkpoints / "checkpoint-5"), 5)
+            jd.attempt_logs(2).mkdir(parents=True)
+            jd.rank_log(2, 0).write_text("a2 first\n")
+            _wait_for(lambda: "a2 first" in out.getvalue(), "the follower to print attempt 2")
+            with jd.rank_log(2, 0).open("a") as f:
+                f.write("a2 last\n")
+        finally:   # whatever happened, the job ends, so the follower returns and the output is checked
+            dj.set_job("train", state="succeeded")
+            dj.close()
+
+    t = threading.Thread(target=driver)
+    t.start()
+    try:
+        assert logs.follow_job(rd, "train", 1, 0, out, poll_s=0.005) == 0
+    finally:
+        t.join()
+        j.close()
+    assert out.getvalue() == ("a1 first\na1 last, no newline\n===== attempt 2 (resumed from checkpoint-5) =====\n"
+                              "a2 first\na2 last\n")
