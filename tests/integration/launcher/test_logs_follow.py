@@ -1,5 +1,6 @@
 """bin/logs on a real run whose rank 0 crashes: -f started during attempt 1 goes on into attempt 2
-after a banner and returns when the job is over; --all-ranks, --driver and --agent."""
+after a banner and returns when the job is over; --all-ranks, --driver and --agent. One run for
+all of it: a Ray start is the slow part on a shared 2-core machine."""
 
 from __future__ import annotations
 
@@ -76,12 +77,9 @@ def test_logs_follow_goes_on_across_a_restart(runs: Path, tmp_path: Path) -> Non
     # the file is in the run directory, next to the ranks' logs
     assert (Path(st["dir"]) / "jobs" / "train" / "logs" / "attempt-1" / "agent-node0.log").is_file()
 
-
-def test_logs_f_on_a_finished_run_prints_and_returns(runs: Path, tmp_path: Path) -> None:
-    run = start_detached(write_plan(tmp_path, synthetic_plan(steps=6, every=3, name="logsdone")), runs)
-    wait_for(runs, run, lambda st: st["state"] not in ("running", "pending"), what="the run to end")
-    out = _cli("logs", run, "train", "--runs-dir", str(runs), "-f", "--all-ranks")
-    assert out.returncode == 0 and "[rank 1] [synthetic] rank 1 attempt 1 starting at step 0/6" in out.stdout
-    assert "=====" not in out.stdout   # one attempt: no banner
+    # After the run: -f prints the latest attempt and returns; one attempt printed, so no banner.
+    done = _cli("logs", run, "train", "--runs-dir", str(runs), "-f", "--all-ranks")
+    assert done.returncode == 0 and f"[rank 1] [synthetic] rank 1 attempt 2 starting at step {ckpt}/40" in done.stdout
+    assert "=====" not in done.stdout and "attempt 1 starting" not in done.stdout
     missing = _cli("logs", run, "nojob", "--runs-dir", str(runs))
     assert missing.returncode == 2 and "no logs yet for nojob" in missing.stderr
