@@ -192,6 +192,16 @@ def run_over(rd: RunDir) -> bool:
     return run is None or status.is_over({"state": run["state"], "driver": status.driver_state(rd, run["state"])})
 
 
+def wait_for_first_attempt(rd: RunDir, job: str, poll_s: float = POLL_S) -> list[int]:
+    """The attempts on disk once the job has one; [] if it ends (skipped, killed) without any."""
+    while True:
+        over = job_view(rd, job).over
+        found = attempts_on_disk(rd.job(job))
+        if found or over:
+            return found
+        time.sleep(poll_s)
+
+
 def agent_logs(jd: JobDir, attempt: int) -> list[Path]:
     d = jd.attempt_logs(attempt)
     return sorted(d.glob(AGENT_LOG_GLOB)) if pathcheck.is_dir(d) else []
@@ -236,6 +246,8 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
         p.error("JOB is required (or --driver)")
     jd = rd.job(args.job)
     attempts = attempts_on_disk(jd)
+    if not attempts and args.follow and not args.agent and rd.db.exists():
+        attempts = wait_for_first_attempt(rd, args.job)   # -f on a job still waiting for GPUs or upstream jobs
     if not attempts:
         print(f"no logs yet for {args.job} in {rd.root.name}", file=sys.stderr)
         return 2

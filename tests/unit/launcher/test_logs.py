@@ -126,3 +126,29 @@ def test_follow_job_switches_attempts_with_a_banner_and_stops_when_the_job_ends(
         j.close()
     assert out.getvalue() == ("a1 first\na1 last, no newline\n===== attempt 2 (resumed from checkpoint-5) =====\n"
                               "a2 first\na2 last\n")
+
+
+def test_follow_waits_for_a_pending_jobs_first_attempt(tmp_path: Path) -> None:
+    import threading
+
+    from launcher.journal import Journal
+    from launcher.layout import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    j = Journal(rd.db)
+    j.create_run("run", "plan.yaml", {}, 1, 0.0, "h")
+    j.set_run(state="running")
+    j.add_job("later", "later", "synthetic", [], 1, 0)
+    j.add_job("never", "never", "synthetic", [], 1, 1)
+    j.close()
+    found: list[list[int]] = []
+    t = threading.Thread(target=lambda: found.append(logs.wait_for_first_attempt(rd, "later", poll_s=0.005)))
+    t.start()
+    (rd.job("later").attempt_logs(1)).mkdir(parents=True)
+    t.join(timeout=30)
+    assert found == [[1]]
+    dj = Journal(rd.db)
+    dj.set_job("never", state="skipped")
+    dj.close()
+    assert logs.wait_for_first_attempt(rd, "never", poll_s=0.005) == []   # ended without one: no wait

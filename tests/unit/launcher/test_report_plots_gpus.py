@@ -9,8 +9,8 @@ from launcher.report_plots import gpu_plot, gpu_series
 
 
 def row(t, gpu, used, util, job_mib, host="h"):
-    return SampleRow(t, "node0000", host, "nvml" if used is not None else "host", 1, gpu, None, used, 80000.0 if used else None,
-                     util, job_mib, {}, None)
+    return SampleRow(t, "node0000", host, "nvml" if used is not None else "host", 1, gpu, None, used,
+                     80000.0 if used else None, util, job_mib, {}, None)
 
 
 def ink(png: Path) -> float:
