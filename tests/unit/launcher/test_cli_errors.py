@@ -53,7 +53,7 @@ def test_bad_plan_exits_2_with_all_problems_and_no_run_dir(tmp_path):
     assert sorted(lines[1:]) == sorted([
         f"  {plan}: jobs.sft.training.lrr: unknown key 'lrr' (did you mean 'lr'?); expected one of epochs, max_steps, "
         "lr, batch_size, grad_accum, weight_decay, scheduler, warmup_ratio, max_length, seed, logging_steps, "
-        "gradient_checkpointing, precision, max_grad_norm, lora",
+        "gradient_checkpointing, precision, max_grad_norm, lora, report_to",
         f"  {plan}: jobs.sft.params.rhoo: unknown key 'rhoo'; expected one of {', '.join(SFTParams.model_fields)}",
         f"  {plan}: jobs.lisa.method: unknown method 'lisaa'; expected one of {', '.join(sorted(METHODS))}",
         f"  {plan}: jobs.lisa.needs: unknown job 'ghost' in needs; jobs are lisa, other, sft",
