@@ -159,13 +159,16 @@ def test_secrets_reach_the_ranks_again_after_a_resume(runs: Path, tmp_path: Path
     neither plan.yaml nor the journal holds it."""
     secret = "hf_resume_" + os.urandom(4).hex()
     monkeypatch.setenv("HF_TOKEN", secret)
+    # Long enough that attempt 2 is still running when its environment is read: the orphaned rank
+    # of attempt 1 trains on until bin/resume sweeps it, and with 80 steps attempt 2 could resume
+    # near the end and exit before psutil looked (a CI failure: NoSuchProcess).
     plan = write_plan(tmp_path, """
 name: secrets
 jobs:
   train:
     method: synthetic
     resources: {nodes: 1, gpus_per_node: 1}
-    params: {steps: 80, step_time: 0.2}
+    params: {steps: 2000, step_time: 0.2}
     checkpoint: {every: 5, keep: 2}
     env: {HF_TOKEN: "${env:HF_TOKEN}"}
     hang: {startup: 60, step: 5}
