@@ -55,7 +55,6 @@ class Attempt:
     held: list[dict[str, Any]] = field(default_factory=list)   # GPUs in our books: reserved, then placed
     ready_ref: Any = None             # pg.ready() once: each call schedules a new task in the group
     start_refs: list[Any] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
     agents: list[Any] = field(default_factory=list)
     watch: AttemptWatch | None = None
     resumed_from: str | None = None
