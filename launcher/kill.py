@@ -87,6 +87,12 @@ def await_driver(rd: RunDir, driver: DriverInfo, request: Path, job: str | None,
         taken = not request.exists()
         step = next_step(done=confirmed(status.collect(rd), job), alive=driver.alive(), taken=taken,
                          waited=waited, timeout=timeout, force=force, job=job)
+        if step == "done" and job is None:
+            # The run is killed on record; the driver still closes Ray and the journal. Return once
+            # it is gone, so a `bin/resume` right after is not refused for a live driver.
+            deadline = time.time() + DRIVER_EXIT_S
+            while (driver.alive() or driver_lock.is_held(rd.driver_lock)) and time.time() < deadline:
+                time.sleep(0.2)
         if step != "wait":
             return step, taken, waited
         time.sleep(poll_s)

@@ -58,8 +58,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # --ignore-installed: the .pth line makes the checkout's editable install of the same version
+    # visible, and pip would skip the wheel as "already installed" (it did under bin/test, whose
+    # PYTHONPATH is the checkout). Without PYTHONPATH, as a user's shell has it.
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-                    "--no-index", "-q", str(wheel)], check=True, capture_output=True, timeout=300)
+                    "--no-index", "--ignore-installed", "-q", str(wheel)], check=True, capture_output=True, timeout=300,
+                   env=_env(venv))
     return venv
 
 

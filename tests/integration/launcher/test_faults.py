@@ -160,8 +160,7 @@ def test_secrets_reach_the_ranks_again_after_a_resume(runs: Path, tmp_path: Path
     secret = "hf_resume_" + os.urandom(4).hex()
     monkeypatch.setenv("HF_TOKEN", secret)
     # Long enough that attempt 2 is still running when its environment is read: the orphaned rank
-    # of attempt 1 trains on until bin/resume sweeps it, and with 80 steps attempt 2 could resume
-    # near the end and exit before psutil looked (a CI failure: NoSuchProcess).
+    # of attempt 1 trains on until bin/resume sweeps it, so attempt 2 may resume near the end.
     plan = write_plan(tmp_path, """
 name: secrets
 jobs:
@@ -180,7 +179,9 @@ jobs:
     wait_driver_gone(runs, run)
     out = _cli("resume", run, "--runs-dir", str(runs), "--detach")
     assert out.returncode == 0, out.stdout + out.stderr
-    st = wait_for(runs, run, lambda s: len(job(s, "train")["attempts"]) >= 2 and _at_step(12)(s), what="attempt 2")
+    # Attempt 2's row exists from its start request (state starting, no pids yet): wait until it runs.
+    st = wait_for(runs, run, lambda s: len(job(s, "train")["attempts"]) >= 2 and _at_step(12)(s)
+                  and job(s, "train")["attempts"][-1]["state"] == "running", what="attempt 2 running")
     assert psutil.Process(_rank_pid(st, 0)).environ()["HF_TOKEN"] == secret
     rd = Path(st["dir"])
     assert secret not in (rd / "plan.yaml").read_text()
