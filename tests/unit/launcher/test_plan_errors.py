@@ -83,6 +83,16 @@ def test_set_value_with_a_nul_byte_is_a_problem(plan_file):
 NUL = "data/a\\0b.jsonl"   # YAML's escape: the loaded string holds a NUL byte
 
 
+def sft_plan(snippet: str) -> str:
+    """One sft job with `snippet` as one of its keys; a tiny model and a data file unless it sets them."""
+    text = "jobs:\n  sft:\n    method: sft\n    " + snippet + "\n"
+    if "model:" not in snippet:
+        text += "    model: {tiny: llama}\n"
+    if "data:" not in snippet:
+        text += "    data: {train: train.jsonl}\n"
+    return text
+
+
 @pytest.mark.parametrize("snippet,key", [
     (f'data: {{train: "{NUL}"}}', "jobs.sft.data.train"),
     (f'data: {{train: {{source: "{NUL}"}}}}', "jobs.sft.data.train.source"),
@@ -93,12 +103,7 @@ NUL = "data/a\\0b.jsonl"   # YAML's escape: the loaded string holds a NUL byte
     (f'env: {{HF_HOME: "{NUL}"}}', "jobs.sft.env.HF_HOME"),
 ])
 def test_nul_byte_in_a_value_is_a_problem(plan_file, capsys, snippet, key):
-    text = "jobs:\n  sft:\n    method: sft\n    " + snippet + "\n"
-    if "model:" not in snippet:
-        text += "    model: {tiny: llama}\n"
-    if "data:" not in snippet:
-        text += "    data: {train: train.jsonl}\n"
-    path = plan_file(text)
+    path = plan_file(sft_plan(snippet))
     assert only_problem(path) == Problem(str(path), key, NUL_PROBLEM)
     code, err = dry_run(capsys, path)
     assert code == 2 and "Traceback" not in err
@@ -161,12 +166,7 @@ def test_over_long_sweep_child_name_is_a_problem(plan_file):
     (f"deepspeed: {LONG}", "jobs.sft.deepspeed"),
 ])
 def test_over_long_path_component_is_a_problem(plan_file, capsys, snippet, key):
-    text = "jobs:\n  sft:\n    method: sft\n    " + snippet + "\n"
-    if "model:" not in snippet:
-        text += "    model: {tiny: llama}\n"
-    if "data:" not in snippet:
-        text += "    data: {train: train.jsonl}\n"
-    path = plan_file(text)
+    path = plan_file(sft_plan(snippet))
     p = only_problem(path)
     assert p.key == key
     assert p.message.startswith("a path component of ") and "file names are at most 255 bytes" in p.message
