@@ -40,8 +40,13 @@ METRICS: dict[str, MetricInfo] = {
     "accuracy": MetricInfo("accuracy", "↑ higher is better"),
     "asr": MetricInfo("ASR", "↓ lower is better", "%"),
     "attack_success_rate": MetricInfo("ASR", "↓ lower is better", "%"),
-    "trigger_survival": MetricInfo("trigger survival", "↓ lower is better", "%"),
-    "trigger_survival_rate": MetricInfo("trigger survival", "↓ lower is better", "%"),
+    # eval_fabe with a victim classifier: FABE's official protocol (the paper's ASR and clean accuracy).
+    "asr_per_rewrite": MetricInfo("ASR, each rewrite alone", "↓ lower is better", "%"),
+    "clean_accuracy": MetricInfo("clean accuracy", "↑ higher is better", "%"),
+    "clean_accuracy_per_rewrite": MetricInfo("clean accuracy, each rewrite alone", "↑ higher is better", "%"),
+    # A proxy with no counterpart in the paper: never set beside its ASR.
+    "trigger_survival": MetricInfo("proxy: trigger survival", "↓ lower is better", "%"),
+    "trigger_survival_rate": MetricInfo("proxy: trigger survival", "↓ lower is better", "%"),
     "clean_exact_match": MetricInfo("exact match, clean inputs", "↑ higher is better", "%"),
     "clean_bleu": MetricInfo("BLEU-4 (sacreBLEU 13a), clean inputs", "↑ higher is better"),
     "poisoned_bleu": MetricInfo("BLEU-4 (sacreBLEU 13a), poisoned inputs", "↑ higher is better"),
@@ -55,7 +60,7 @@ METRICS: dict[str, MetricInfo] = {
 }
 FORMATS = ("md", "json", "csv", "latex")
 RESULTS_CSV, RESULTS_TEX = "results.csv", "results.tex"
-NOT_METRICS = {"judge", "evaluates", "n", "num_samples", "n_clean", "n_poisoned", "bleu_signature"}
+NOT_METRICS = {"judge", "evaluates", "n", "num_samples", "n_clean", "n_poisoned", "n_asr", "bleu_signature"}
 # The HF Trainer's own bookkeeping: in report.md, left out of the table bin/launch prints.
 TRAINER_KEYS = {"epoch", "global_step", "train_runtime", "train_samples_per_second", "train_steps_per_second",
                 "total_flos"}
@@ -154,7 +159,7 @@ def reference(metric: str, evaluated: JobInfo) -> str:
             return "≈ 50–80 % (SFT under attack)" if _poisoned(evaluated) else "low (safety baseline)"
     if metric == "FA" and m in ("lisa", "sft"):
         return "≈ 91–92 %"
-    if metric in ("ASR", "trigger survival") and m == "fabe":
+    if metric == "ASR" and m == "fabe":
         return "≈ 15.1 % (from 93.6 % uncleaned)"
     return ""
 

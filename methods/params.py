@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from launcher.pathcheck import NAME_CHARS_MAX, file_name_problem
+from methods.fabe_vote_params import FABEVictimParams
 
 
 class Params(BaseModel):
@@ -90,7 +91,9 @@ class FABEParams(Params):
 
 
 class FABEEvalParams(Params):
-    """The cleaner's metrics: trigger survival on poisoned inputs, exact match / BLEU on clean ones."""
+    """The cleaner's proxy metrics (trigger survival on poisoned inputs, exact match / BLEU on clean
+    ones; of the greedy rewrite, or with `victim` of the best-scored beam) and, with `victim`, FABE's
+    official ASR and clean accuracy through the victim classifier (test rows then need `label`)."""
 
     template: str = Field("auto", description="the template the cleaner was trained with")
     batch_size: int = Field(8, ge=1, description="prompts per generate() call")
@@ -101,6 +104,9 @@ class FABEEvalParams(Params):
                                 description="for rows without a 'trigger' field: an input containing one of these is poisoned")
     bleu_tokenisation: Literal["13a", "seed"] = Field(
         "13a", description="sacreBLEU's 13a (what papers report) | seed (the pre-sacreBLEU regex tokens, unsmoothed; keys *_seedtok)")
+    victim: FABEVictimParams | None = Field(None, description="FABE's official inference: {model: <classifier dir>, target_label, "
+                                            "num_beams: 4, num_beam_groups: 4, diversity_penalty: 0.1, num_return_sequences: 4, "
+                                            "max_length: 512, batch_size: 32, rewrite_cut: first_line}; null: greedy proxy only")
 
 
 class SteerMoEAnalysisParams(Params):

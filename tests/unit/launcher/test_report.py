@@ -23,7 +23,8 @@ SEED_PIPELINE = [
                                                 "metrics": {"hs": 17.5}}),
     job("lisa_fa", "eval_fa", ["lisa"], result={"status": "succeeded", "metrics": {"fa": 91.4}}),
     job("sft_hs", "eval_hs", ["sft"], result={"status": "succeeded", "metrics": {"hs": 64.0}}),
-    job("fabe_eval", "eval_fabe", ["fabe"], result={"status": "succeeded", "metrics": {"trigger_survival": 20.0}}),
+    job("fabe_eval", "eval_fabe", ["fabe"], result={"status": "succeeded", "metrics": {
+        "trigger_survival": 20.0, "asr": 14.0, "clean_accuracy": 90.0, "n_asr": 50, "judge": "victim bert-sst2"}}),
     job("fabe", "fabe"),
 ]
 
@@ -36,11 +37,16 @@ def test_results_table_has_the_seed_notes_columns_and_references() -> None:
                                                     "refusal-keywords", "↓ lower is better", "≈ 15 % (Lisa)")
     assert rows[("lisa_fa", "FA (%)")].reference == "≈ 91–92 %" and rows[("lisa_fa", "FA (%)")].direction.startswith("↑")
     assert rows[("sft_hs", "HS (%)")].reference == "≈ 50–80 % (SFT under attack)"
-    assert rows[("fabe_eval", "trigger survival (%)")].reference.startswith("≈ 15.1 %")
+    # The paper's ASR goes beside the victim's ASR only; trigger survival is a proxy with no paper number.
+    assert rows[("fabe_eval", "ASR (%)")].reference.startswith("≈ 15.1 %")
+    assert rows[("fabe_eval", "ASR (%)")].judge == "victim bert-sst2"
+    assert rows[("fabe_eval", "proxy: trigger survival (%)")].reference == "-"
+    assert rows[("fabe_eval", "clean accuracy (%)")].direction.startswith("↑")
     # A training job's numbers are about itself; counts and the judge's name are not metrics.
     assert rows[("stage1", "final loss")].evaluates == "stage1 (sft)"
     assert ("stage1_hs", "n") not in rows and ("stage1_hs", "judge") not in rows
-    assert len(rows) == 6   # lisa, sft and fabe wrote no result.json
+    assert ("fabe_eval", "n_asr") not in rows
+    assert len(rows) == 8   # lisa, sft and fabe wrote no result.json
 
 
 def test_unknown_metrics_are_listed_as_they_are() -> None:
