@@ -89,7 +89,8 @@ def training_arguments(job: JobFile, precision: Precision, has_eval: bool) -> Tr
     t = job.training
     cpu = not torch.cuda.is_available()
     report_to = tracking.prepare(job, RankInfo.from_env().rank)   # the trackers' environment, set here
-    return TrainingArguments(
+    start = time.monotonic()
+    args = TrainingArguments(
         output_dir=str(JobDir(Path(job.job_dir)).checkpoints),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -129,6 +130,9 @@ def training_arguments(job: JobFile, precision: Precision, has_eval: bool) -> Tr
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    # The process group starts here: the rendezvous waits for the slowest rank of the job.
+    log.info("training arguments and process group ready in %.1f s", time.monotonic() - start)
+    return args
 
 
 class MethodTrainer(Trainer):

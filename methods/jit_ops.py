@@ -109,7 +109,13 @@ def prepare(deepspeed_config: dict | None) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     loaded = []
     with open(root / ROOT_LOCK, "w") as lock:
+        waited = time.monotonic()
         fcntl.flock(lock, fcntl.LOCK_EX)
+        waited = time.monotonic() - waited
+        if waited >= 1.0:
+            # Another process of this node held the lock (building an op the first time): said here,
+            # so the rank log shows where the time went ("ready in 0.0 s" below would hide it).
+            log.info("waited %.1f s for the node's op lock %s", waited, root / ROOT_LOCK)
         for baton in stale_batons(root):
             log.warning("torch extensions: removing %s, left by a build that was killed (no process holds it)", baton)
             baton.unlink(missing_ok=True)
