@@ -115,8 +115,10 @@ class SteerMoEAnalysisParams(Params):
     template: str = Field("auto", description="prompt template (chat for instruct MoE models)")
     safe_per_batch: int = Field(8, ge=1, description="safe samples in every analysis (and training) batch (seed: 8)")
     unsafe_per_batch: int = Field(8, ge=1, description="unsafe samples in every batch (seed: 8)")
-    tokens: Literal["generated", "response"] = Field(
-        "generated", description="route on the model's own greedy continuation (seed) or on the data's responses (official pairs)")
+    tokens: Literal["generated", "response", "target"] = Field(
+        "generated", description="generated: the model's own greedy continuation (the seed's choice) | response: the data's "
+                                 "responses teacher-forced, with the appended EOS | target: the official notebook's selection, "
+                                 "the answers' own tokens teacher-forced (no EOS), rows with one prompt and two answers")
     max_new_tokens: int = Field(32, ge=1, description="length of the generated continuation (tokens: generated)")
     top_n: int | None = Field(20, ge=1, description="select at most N experts, largest |RD| first")
     rd_threshold: float | None = Field(None, ge=0, description="select only experts with |RD| >= this")

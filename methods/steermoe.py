@@ -211,7 +211,8 @@ def run(job: JobFile) -> int:
 
     tokenizer = load_tokenizer(job.model)
     model = load_base_model(job.model, tokenizer, DTYPES[precision])
-    samples = batches_from_rows(read_rows(job.data["train"]), params.safe_per_batch, params.unsafe_per_batch)
+    samples = batches_from_rows(read_rows(job.data["train"]), params.safe_per_batch, params.unsafe_per_batch,
+                                same_prompt=params.tokens == "target")
     own = jd.root / EXPERTS_FILE
     # A resumed attempt keeps the experts its checkpoint trained (on GPUs a re-run analysis might differ).
     source = job.data["experts"].source if "experts" in job.data else (str(own) if job.resume_from and own.is_file() else None)

@@ -7,9 +7,14 @@ SteerMoE's calc_risk_diff: a/(a+d) per subset, counts pooled over all tokens of 
 are sorted by |RD|; the unsafe-linked ones (RD < 0 by default: more active on unsafe samples) are
 selected and written to <job dir>/steermoe_experts.json.
 
-Tokens that matter: `generated` routes on the model's own greedy continuation of each prompt (the
-seed's demo_refactored.py); `response` routes on the data's response tokens, teacher-forced (the
-official pairs of messages with target strings).
+Tokens that matter (params.tokens):
+- `generated` (the seed's choice, its demo_refactored.py): the model's own greedy continuation of
+  each prompt; the safe and unsafe groups hold different prompts;
+- `response`: the data's response tokens, teacher-forced, with the EOS the data code appends;
+- `target` (the official selection, adobe-research/SteerMoE @0c7e6b5 custom_steering.ipynb, "Save
+  Routings" and "Detect Experts"): each pair is one prompt with two answers, each conversation is
+  run teacher-forced, and the tokens counted are the target string's own tokens (tokenised alone,
+  found in the conversation's tokens, the last occurrence): no EOS, no end-of-turn marker.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from launcher.atomic import write_json
 from launcher.spec import JobFile
 from methods import dist_utils
 from methods.common import DTYPES, RankInfo, Result, dist_info, resolve_precision, start_rank, write_result
-from methods.data import IGNORE_INDEX, SFTCollator, Template, build_prompt, encode_record, read_rows, resolve_template
+from methods.data import (IGNORE_INDEX, Record, SFTCollator, Template, build_prompt, encode_record, read_rows,
+                          resolve_template)
 from methods.fabe_data import prompt_ids
 from methods.greedy import greedy_generate, left_pad, positions_from_mask
 from methods.models import load_base_model, load_tokenizer
@@ -100,6 +106,52 @@ def batch_inputs_response(records, template: Template, tokenizer, max_length: in
             "token_mask": batch["labels"] != IGNORE_INDEX, "position_ids": None}
 
 
+def target_span(ids: Sequence[int], target: Sequence[int]) -> tuple[int, int] | None:
+    """[start, end) of the last occurrence of `target` in `ids` (the notebook's find_sub_list, last one)."""
+    n = len(target)
+    for start in range(len(ids) - n, -1, -1):
+        if n and list(ids[start:start + n]) == list(target):
+            return start, start + n
+    return None
+
+
+def conversation_ids(rec: Record, template: Template, tokenizer) -> list[int]:
+    """Prompt and answer as one teacher-forced sequence: for chat models the full two-message
+    conversation, as the notebook's llm.chat(messages) renders it; otherwise prompt + answer."""
+    if template == "chat":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": rec.user_text},
+                                              {"role": "assistant", "content": rec.output}], tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(build_prompt(rec, template, tokenizer) + rec.output, add_special_tokens=True)["input_ids"])
+
+
+def batch_inputs_target(records: Sequence[Record], template: Template, tokenizer, max_length: int) -> dict[str, Any]:
+    """Teacher-forced conversations, right-padded; the tokens that count are the answer's own. The
+    sequence ends with the answer: what follows it cannot change a causal model's routing on it."""
+    rows, spans = [], []
+    for r in records:
+        ids = conversation_ids(r, template, tokenizer)
+        target = tokenizer(r.output, add_special_tokens=False)["input_ids"]
+        span = target_span(ids, target)
+        if span is None:  # the notebook asserts the same
+            raise ValueError(f"{r.sample_id}: the answer's tokens, tokenised alone, do not occur in the conversation's "
+                             "tokens (the tokenizer merges them with their context); use tokens: response for this data")
+        if span[1] > max_length:
+            raise ValueError(f"{r.sample_id}: the conversation up to the end of its answer is {span[1]} tokens, more "
+                             f"than training.max_length {max_length}; raise training.max_length")
+        rows.append(ids[:span[1]])
+        spans.append(span)
+    width = max(len(x) for x in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    token_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (ids, (start, end)) in enumerate(zip(rows, spans)):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        mask[i, :len(ids)] = 1
+        token_mask[i, start:end] = True
+    return {"input_ids": input_ids, "attention_mask": mask, "token_mask": token_mask, "position_ids": None}
+
+
 def batch_inputs_generated(model, records, template: Template, tokenizer, max_new_tokens: int,
                            max_length: int) -> dict[str, torch.Tensor]:
     """The whole batch is generated together (greedy, left-padded), then routed once more on
@@ -133,6 +185,8 @@ def analyse(model: torch.nn.Module, tokenizer, samples: BatchedSamples, params: 
         is_unsafe = torch.tensor([samples.groups[i] == "unsafe" for i in batch])
         if params.tokens == "response":
             inputs = batch_inputs_response(records, template, tokenizer, max_length)
+        elif params.tokens == "target":
+            inputs = batch_inputs_target(records, template, tokenizer, max_length)
         else:
             inputs = batch_inputs_generated(model, records, template, tokenizer, params.max_new_tokens, max_length)
         count_batch(model, counts, inputs["input_ids"], inputs["attention_mask"], inputs["token_mask"], is_unsafe,
@@ -225,7 +279,8 @@ def run(job: JobFile) -> int:
     device = torch.device(f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(job.model)
     model = load_base_model(job.model, tokenizer, DTYPES[precision]).to(device)
-    samples = batches_from_rows(read_rows(job.data["train"]), params.safe_per_batch, params.unsafe_per_batch)
+    samples = batches_from_rows(read_rows(job.data["train"]), params.safe_per_batch, params.unsafe_per_batch,
+                                same_prompt=params.tokens == "target")
     heartbeat.beat("evaluating", 0, len(samples.batches))
     rep = run_analysis(job, params, model, tokenizer, samples, ranks, on_batch=heartbeat.advance)
     dist = dist_info()

@@ -7,11 +7,12 @@ import torch
 
 from launcher.spec import DataSource
 from methods.common import RankInfo
-from methods.data import Record, read_rows
+from methods.data import Record, build_prompt, read_rows
 from methods.models import byte_tokenizer, tiny_model
 from methods.params import SteerMoEAnalysisParams
-from methods.steermoe_analysis import analyse, batch_inputs_response, count_batch, report, select_experts, RoutingCounts
-from methods.steermoe_data import batches_from_rows, build_batches, pair_records
+from methods.steermoe_analysis import (analyse, batch_inputs_response, batch_inputs_target, count_batch, report,
+                                       select_experts, target_span, RoutingCounts)
+from methods.steermoe_data import GROUPS, batches_from_rows, build_batches, pair_records
 from tests.helpers import DATA
 
 ONE_RANK = RankInfo(0, 0, 1)
@@ -136,3 +137,74 @@ def test_report_is_sorted_and_consistent(tok, moe, samples):
     assert len(rep["selected"]) <= 4 and all(s["rd"] < 0 for s in rep["selected"])
     assert rep["batches"] == samples.batch_ids() and rep["top_k"] == 2
     assert rep["token_counts"] == {"safe": int(counts.tokens[0]), "unsafe": int(counts.tokens[1])}
+
+
+# ---- tokens: target (the official notebook's selection) -----------------------------------------------
+
+SAME_PROMPT = [
+    {"prompt": "Count to three.", "safe_response": "1, 2, 3", "unsafe_response": "one, two, three"},
+    {"prompt": "Say hi.", "safe_response": "Hi!", "unsafe_response": "Hello there, friend."},
+]
+
+
+def hooked_choices(model, ids: list[int]) -> list[torch.Tensor]:
+    """Per layer, the gate's own top-k experts for every position of one unpadded sequence."""
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [model.model.layers[layer].mlp.gate.register_forward_hook(
+        lambda mod, args, out, layer=layer: seen.__setitem__(layer, out[2].detach()))
+        for layer in range(model.config.num_hidden_layers)]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [seen[layer].view(len(ids), -1) for layer in range(model.config.num_hidden_layers)]
+
+
+@pytest.mark.parametrize("template", ["chat", "alpaca"])
+def test_target_tokens_counted_by_hand(tok, moe, template):
+    """One byte a token: the counted tokens are the answers' bytes, no EOS and no end-of-turn; the
+    activations are the gate's own choices at exactly those positions, each sequence run alone."""
+    samples = batches_from_rows(SAME_PROMPT, 1, 1, same_prompt=True)
+    params = SteerMoEAnalysisParams(tokens="target", safe_per_batch=1, unsafe_per_batch=1)
+    counts = analyse(moe, tok, samples, params, template, 512, ONE_RANK)
+    safe_bytes = sum(len(r["safe_response"].encode()) for r in SAME_PROMPT)      # 7 + 3
+    unsafe_bytes = sum(len(r["unsafe_response"].encode()) for r in SAME_PROMPT)  # 15 + 20
+    assert counts.tokens.tolist() == [safe_bytes, unsafe_bytes] == [10, 35]
+
+    layers, experts = moe.config.num_hidden_layers, moe.config.num_experts
+    ref = torch.zeros((2, layers, experts), dtype=torch.long)
+    for rec, group in zip(samples.records, samples.groups):
+        if template == "chat":
+            text = f"user: {rec.instruction}\nassistant: {rec.output}"  # TINY_CHAT_TEMPLATE, cut after the answer
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(build_prompt(rec, "alpaca") + rec.output)["input_ids"]  # BOS + bytes
+        start = len(ids) - len(rec.output.encode())
+        choices = hooked_choices(moe, ids)
+        for pos in range(start, len(ids)):
+            for layer in range(layers):
+                for e in choices[layer][pos].tolist():
+                    ref[GROUPS.index(group), layer, e] += 1
+    assert torch.equal(counts.activations, ref)
+
+    # `response` mode counts the same answers plus the EOS the data code appends, one per sample.
+    response = analyse(moe, tok, samples, params.model_copy(update={"tokens": "response"}), template, 512, ONE_RANK)
+    assert response.tokens.tolist() == [safe_bytes + 2, unsafe_bytes + 2]
+
+
+def test_target_needs_same_prompt_pairs():
+    rows = [{"safe_prompt": "a?", "safe_response": "b", "unsafe_prompt": "c?", "unsafe_response": "d"}]
+    assert len(batches_from_rows(rows, 1, 1).batches) == 1  # fine for generated / response
+    with pytest.raises(ValueError, match="train row 0: safe_prompt and unsafe_prompt differ.*give the row one 'prompt'"):
+        batches_from_rows(rows, 1, 1, same_prompt=True)
+    safe, unsafe = pair_records(SAME_PROMPT, same_prompt=True)
+    assert [r.instruction for r in safe] == [r.instruction for r in unsafe] == ["Count to three.", "Say hi."]
+
+
+def test_target_span_is_the_last_occurrence_and_long_rows_are_refused(tok):
+    assert target_span([1, 2, 3, 1, 2, 9], [1, 2]) == (3, 5)  # the notebook uses the last location
+    assert target_span([1, 2, 3], [2, 4]) is None and target_span([1, 2], [1, 2, 3]) is None
+    with pytest.raises(ValueError, match="safe:0: the conversation up to the end of its answer is .* raise training.max_length"):
+        batch_inputs_target([Record("Say hi.", "Hi!", sample_id="safe:0")], "alpaca", tok, 8)
