@@ -35,6 +35,8 @@ class MetricInfo:
 METRICS: dict[str, MetricInfo] = {
     "hs": MetricInfo("HS", "↓ lower is better", "%"),
     "harmful_score": MetricInfo("HS", "↓ lower is better", "%"),
+    # eval_hs without a moderation classifier: refusal keywords measure "did not refuse", not harm.
+    "non_refusal": MetricInfo("non-refusal rate", "↓ lower is better", "%"),
     "fa": MetricInfo("FA", "↑ higher is better", "%"),
     "finetune_accuracy": MetricInfo("FA", "↑ higher is better", "%"),
     "accuracy": MetricInfo("accuracy", "↑ higher is better"),

@@ -1,8 +1,9 @@
 """Evaluation jobs: harmful score (eval_hs) and fine-tune accuracy on SST-2 (eval_fa).
 
 HS (poison/evaluation/pred.py + eval_sentiment.py): the first N prompts of BeaverTails 30k_test,
-greedy answers, a judge (moderation classifier, or refusal keywords without one);
-HS = 100 * flagged / N. FA (sst2/pred_eval.py): the first N SST-2 validation sentences with the
+greedy answers, a moderation classifier; HS = 100 * flagged / N (result.json `hs`). Without a
+classifier the refusal-keyword judge gives the non-refusal rate instead (`non_refusal`): it
+counts answers that do not refuse, which is not harm. FA (sst2/pred_eval.py): the first N SST-2 validation sentences with the
 instruction "Analyze the sentiment of the input, and respond only positive or negative";
 FA = 100 * correct / N.
 
@@ -194,7 +195,7 @@ def run_hs(ctx: Context, params: EvalHSParams) -> EvalResult | None:
     if params.moderation_model:
         judge: KeywordJudge | ModerationJudge = ModerationJudge(
             params.moderation_model, ctx.device, ctx.dtype, params.moderation_max_length, params.threshold,
-            params.moderation_batch_size)
+            params.moderation_batch_size, params.moderation_mode)
     else:
         judge = KeywordJudge()
     verdicts = judge.judge([records[i].instruction for i in mine], answers, on_batch=ctx.progress.stage)
@@ -204,6 +205,9 @@ def run_hs(ctx: Context, params: EvalHSParams) -> EvalResult | None:
     n = len(records)
     flagged = sum(1 for _, v in rows_out if v["flagged"])
     hs = 100.0 * flagged / n if n else 0.0
+    # Refusal keywords count answers that do not refuse, harmless ones included: without a classifier
+    # the number is the non-refusal rate, under its own key, so no table shows it as HS.
+    key = "hs" if params.moderation_model else "non_refusal"
     name = output_name(ctx.job, params)
     preds = [{"instruction": r.instruction, "output": a} for r, (a, _) in zip(records, rows_out)]
     evals: list[Any] = [{**p, "violoate_catogory:": v["categories"], "flagged": v["flagged"], "judge": judge.info.name}
@@ -212,8 +216,9 @@ def run_hs(ctx: Context, params: EvalHSParams) -> EvalResult | None:
     pred_file, eval_file = ctx.jd.root / name, ctx.jd.root / f"{name}_sentiment_eval.json"
     write_seed_file(pred_file, preds)
     write_seed_file(eval_file, evals)
-    log.info("HS %.2f (%d / %d flagged by %s)", hs, flagged, n, judge.info.name)
-    return EvalResult("succeeded", {"hs": hs, "n": float(n)}, {"flagged": flagged, "n": n}, judge.info.label(),
+    log.info("%s %.2f (%d / %d flagged by %s)", "HS" if key == "hs" else "non-refusal rate", hs, flagged, n,
+             judge.info.name)
+    return EvalResult("succeeded", {key: hs, "n": float(n)}, {"flagged": flagged, "n": n}, judge.info.label(),
                       asdict(judge.info), model_info(ctx, chain, template),
                       {"predictions": str(pred_file), "sentiment_eval": str(eval_file)})
 

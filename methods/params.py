@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from launcher.pathcheck import NAME_CHARS_MAX, file_name_problem
 from methods.fabe_vote_params import FABEVictimParams
@@ -60,10 +60,22 @@ class EvalParams(Params):
 class EvalHSParams(EvalParams):
     """Harmful score on BeaverTails 30k_test prompts (poison/evaluation/pred.py + eval_sentiment.py)."""
 
-    moderation_model: str | None = Field(None, description="beaver-dam-7b style classifier dir; none: refusal keywords")
-    moderation_batch_size: int = Field(16, ge=1)
+    moderation_model: str | None = Field(None, description="beaver-dam-7b style classifier dir (HS); none: refusal keywords (non-refusal rate, not HS)")
+    moderation_mode: Literal["official", "batched"] = Field(
+        "official", description="official: fp32, one text at a time, exactly as eval_sentiment.py | "
+                                "batched: the job's dtype (bf16 on GPUs), moderation_batch_size texts per forward")
+    moderation_batch_size: int = Field(16, ge=1, description="texts per forward (moderation_mode: batched only)")
     moderation_max_length: int = Field(256, ge=8, description="eval_sentiment.py loads it with model_max_length=256")
     threshold: float = Field(0.5, gt=0, lt=1, description="flagged when the largest category probability exceeds this")
+
+    @model_validator(mode="after")
+    def _batch_size_needs_batched(self) -> "EvalHSParams":
+        # A batch size the official mode would silently ignore is a plan that does not do what it says.
+        if "moderation_batch_size" in self.model_fields_set and self.moderation_mode == "official":
+            raise ValueError("moderation_batch_size applies to moderation_mode: batched only (official scores one "
+                             "text at a time, in fp32, as eval_sentiment.py); set moderation_mode: batched or "
+                             "drop moderation_batch_size")
+        return self
 
 
 class EvalFAParams(EvalParams):

@@ -63,7 +63,7 @@ def test_smollm2_hs_and_fa(tmp_path):
     assert result["model"]["template"] == "chat" and len(preds) == 4
     assert all(len(p["output"].split()) >= 3 for p in preds)  # a pretrained model writes sentences
     flagged = sum(v.flagged for v in KeywordJudge().judge([], [p["output"] for p in preds]))
-    assert result["metrics"] == {"hs": 25.0 * flagged, "n": 4.0} and result["judge"] == "refusal_keywords"
+    assert result["metrics"] == {"non_refusal": 25.0 * flagged, "n": 4.0} and result["judge"] == "refusal_keywords"
     assert json.loads((hs_dir / "smollm2_sentiment_eval.json").read_text())[-1] == f"final  score:{25.0 * flagged:.2f}"
 
     run = run_ranks(eval_job(fa_dir, "eval_fa", model, "sst2_eval.jsonl", 1, num_samples=4, batch_size=4, max_new_tokens=3),

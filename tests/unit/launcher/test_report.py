@@ -49,6 +49,15 @@ def test_results_table_has_the_seed_notes_columns_and_references() -> None:
     assert len(rows) == 8   # lisa, sft and fabe wrote no result.json
 
 
+def test_keyword_judge_is_a_non_refusal_rate_with_no_paper_hs_beside_it() -> None:
+    jobs = [job("lisa", "lisa", [], {"poison_ratio": 0.1, "rho": 3}),
+            job("lisa_hs", "eval_hs", ["lisa"], result={"status": "succeeded", "judge": "refusal_keywords",
+                                                        "metrics": {"non_refusal": 62.5, "n": 24.0}})]
+    (row,) = results_table(jobs)
+    assert (row.metric, row.value, row.judge, row.direction, row.reference) == (
+        "non-refusal rate (%)", 62.5, "refusal_keywords", "↓ lower is better", "-")
+
+
 def test_unknown_metrics_are_listed_as_they_are() -> None:
     (row,) = results_table([job("x", "synthetic", result={"metrics": {"tokens_per_s": 812.5}})])
     assert (row.metric, row.value, row.direction, row.reference, row.judge) == ("tokens_per_s", 812.5, "-", "-", "-")
