@@ -23,14 +23,14 @@ from rich.console import Console
 from launcher import cliargs, driver_lock, exitcodes, kill, pathcheck, procs, rundir, status
 from launcher.cluster import ClusterOptions, planned_local_shape, shape_from_ray, start
 from launcher.cliresult import Detached, KillResult
-from launcher.control import request_kill
+from launcher.control.requests import request_kill
 from launcher.dsconfig import zero_stage
 from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.lifecycle import DriverInfo, sweep
 from launcher.plan import Plan, PlanError, load_plan
 from launcher.runarg import add_run_arguments, default_runs_dir, open_run
-from launcher.scheduler import ORDERS
+from launcher.scheduling import estimates
 
 DEFAULT_RUNS = default_runs_dir()
 
@@ -98,7 +98,7 @@ def _detach(argv: list[str], runs_dir: Path, run_id: str, as_json: bool = False)
 
 
 def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], opts: ClusterOptions,
-               declare: int | None, ctx: object | None, console: Console, order: str = "critical-path") -> int:
+               declare: int | None, ctx: object | None, console: Console, order: str = "backfill") -> int:
     """Start or join Ray, run the driver loop to the end, print the final table."""
     t0 = time.time()
     try:
@@ -174,7 +174,8 @@ def launch_main(argv: list[str] | None = None) -> int:
     me = psutil.Process()
     journal.create_run(rd.root.name, str(plan.file), {"argv": argv}, me.pid, procs.start_time(me), socket.gethostname())
     for i, (name, job) in enumerate(plan.jobs.items()):
-        journal.add_job(name, job.base, job.config.method, list(job.needs), job.config.resources.world_size, i)
+        journal.add_job(name, job.base, job.config.method, list(job.needs), job.config.resources.world_size, i,
+                        signature=estimates.signature(job))
     print(f"run {rd.root.name}\n  dir {rd.root}\n  cluster {shape.describe()}", flush=True)
     return run_driver(plan, rd, journal, env, opts, declare, ctx, console, args.order)
 

@@ -2,7 +2,7 @@
 
 Kept apart from launcher/cli.py (which imports pydantic, rich, psutil: about a second) so that
 `sl CMD --help` and shell completion answer at once, even before the venv exists. The three
-constants below mirror scheduler.ORDERS, status.FOLD_OVER and kill.FORCE_PATIENCE_S without
+constants below mirror scheduling.policy.names(), status.FOLD_OVER and kill.FORCE_PATIENCE_S without
 importing those modules; tests/unit/launcher/test_cli_parsers.py checks they agree.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from launcher import exitcodes
 from launcher.runarg import add_run_arguments, default_runs_dir
 
-ORDERS = ("critical-path", "fifo")
+ORDERS = ("backfill", "greedy", "fifo", "critical-path")
 FOLD_OVER = 50
 FORCE_PATIENCE_S = 10.0
 
@@ -38,8 +38,10 @@ def launch_parser(prog: str = "sl launch") -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="run the driver in its own session and return at once")
     p.add_argument("--json", action="store_true",
                    help="with --detach: print the run id, directory, driver pid and log as JSON")
-    p.add_argument("--order", choices=ORDERS, default="critical-path",
-                   help="which ready job gets free GPUs first (fifo: plan order, for comparison)")
+    p.add_argument("--order", choices=ORDERS, default="backfill",
+                   help="scheduling policy: backfill (critical path in seconds, with a reservation for the most "
+                        "critical job that does not fit), greedy (critical path, no reservation), fifo (plan "
+                        "order, for comparison); critical-path is backfill's old name")
     return p
 
 

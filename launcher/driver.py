@@ -25,7 +25,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from launcher import checkpoints, control, dsconfig, monitor, rundir, scheduler, teardown
+from launcher import checkpoints, dsconfig, monitor, rundir, teardown
 from launcher.agent import RemoteAgent
 from launcher.atomic import read_json
 from launcher.journal import Decision, Journal, JournalError, ProcessRecord
@@ -33,13 +33,22 @@ from launcher.layout import RunDir
 from launcher.plan import Job, Plan
 from launcher.raymetrics import ProgressMetrics
 from launcher.resources import ClusterShape
-from launcher.supervisor import (LEARNED_PHASES, AttemptWatch, Observation, checkpoint_suspect, decide_retry,
-                                 smaller_micro_batch)
+from launcher.control import requests as control
+from launcher.control.core import Core, JobNeeds
+from launcher.control.states import JobState
+from launcher.scheduling import estimates
+from launcher.scheduling.books import Books
+from launcher.scheduling.model import Placement, Shape
+from launcher.scheduling.policy import make as make_policy
+from launcher.supervision.failure import Verdict
+from launcher.supervision.policy import BatchChange, FailurePolicy, History, checkpoint_suspect
+from launcher.supervision.watch import LEARNED_PHASES, AttemptWatch, Observation
 
 log = logging.getLogger("launcher")
 POLL_S = 0.25
 RPC_TIMEOUT_S = teardown.RPC_TIMEOUT_S
-FINAL = ("succeeded", "failed", "skipped", "killed")
+FINAL = tuple(s for s in JobState if s.is_terminal)
+LIVE = (JobState.PLACING, JobState.STARTING, JobState.RUNNING)   # an attempt that has not begun its release
 
 
 def _cause(e: BaseException) -> str:
@@ -79,8 +88,7 @@ class Stopping:
 @dataclass
 class JobRun:
     job: Job
-    # pending | placing | starting | running | stopping | waiting | succeeded | failed | skipped | killed
-    state: str = "pending"
+    core: Core                        # holds the job's state: every change is checked against the transitions
     attempts: int = 0
     restarts_without_progress: int = 0
     retry_at: float = 0.0
@@ -93,24 +101,44 @@ class JobRun:
     # writes a new marker, and the new checkpoint is not blamed for the old one
     bad_checkpoints: dict[Path, str] = field(default_factory=dict)
     last_ckpt_step: int = -1
+    first_step: tuple[float, int] | None = None   # (time, step) of the first step this attempt: its speed
+
+    @property
+    def state(self) -> JobState:
+        return self.core.state(self.job.name)
+
+    @state.setter
+    def state(self, new: JobState | str) -> None:
+        self.core.move(self.job.name, new)
 
 
 class Driver:
     def __init__(self, plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], shape: ClusterShape,
                  policy: str = "critical-path"):
-        self.plan, self.rd, self.journal, self.env, self.shape, self.policy = plan, rd, journal, env, shape, policy
-        self.books = scheduler.Books(shape)
+        self.plan, self.rd, self.journal, self.env, self.shape = plan, rd, journal, env, shape
         self.quarantined: list[dict[str, Any]] = []   # placements whose GPU memory never came back
-        self.order = {n: i for i, n in enumerate(plan.jobs)}
         self.last_wait_note = 0.0
         self.run_id = rd.root.name
         self.metrics = ProgressMetrics(self.run_id)
-        self.jobs = {name: JobRun(job) for name, job in plan.jobs.items()}
+        self.core = self._make_core(policy)
+        self.jobs = {name: JobRun(job, self.core) for name, job in plan.jobs.items()}
         self._load_history()
-        self.priority = plan.graph.critical_path({n: scheduler.estimate_seconds(j) for n, j in plan.jobs.items()})
         self.stop_requested = threading.Event()
         self.releases = ThreadPoolExecutor(max_workers=8, thread_name_prefix="release")
         rundir.make_reserve(rd)
+
+    def _make_core(self, policy: str) -> Core:
+        """The scheduling core, with durations from earlier runs of the same jobs where there are any."""
+        history = estimates.durations_from_journals(estimates.past_journals(self.rd.root.parent, exclude=self.rd.root))
+        needs = []
+        for i, (name, job) in enumerate(self.plan.jobs.items()):
+            r, est = job.config.resources, estimates.initial(job, history)
+            needs.append(JobNeeds(name, job.needs, Shape(r.nodes, r.gpus_per_node, r.gpu_type), i, est.seconds))
+            if est.source == "history":
+                log.info("%s: estimated %.0fs from earlier runs", name, est.seconds)
+        done = {r["name"]: JobState.SUCCEEDED for r in self.journal.jobs() if r["state"] == "succeeded"}
+        books = Books.of((n.node_id, n.gpus, n.gpu_type) for n in self.shape.nodes)
+        return Core(needs, books, make_policy(policy), initial=done)
 
     def _load_history(self) -> None:
         """Continue a run from its journal (bin/resume): finished jobs stay finished; the rest start
@@ -121,7 +149,7 @@ class Driver:
             if row is None:
                 continue
             if row["state"] == "succeeded":
-                jr.state = "succeeded"
+                pass   # the core starts it succeeded (see _make_core)
             elif row["state"] != "pending":
                 self.journal.set_job(name, state="pending", reason="resumed")
             for a in self.journal.attempts(name):
@@ -152,8 +180,7 @@ class Driver:
                 if self._handle_requests():
                     break
                 self._skip_blocked()
-                while self._place_ready() is not None:  # as many ready jobs as fit now
-                    pass
+                self._place_ready()    # as many ready jobs as the policy starts now
                 for jr in self.jobs.values():
                     self._isolated(jr, self._step_job)
                 time.sleep(POLL_S)
@@ -172,16 +199,16 @@ class Driver:
         return final
 
     def _step_job(self, jr: JobRun) -> None:
-        if jr.state == "placing":
+        if jr.state == JobState.PLACING:
             self._maybe_start(jr)
-        elif jr.state == "starting":
+        elif jr.state == JobState.STARTING:
             self._check_started(jr)
-        elif jr.state == "running":
+        elif jr.state == JobState.RUNNING:
             self._poll(jr)
-        elif jr.state == "stopping":
+        elif jr.state == JobState.STOPPING:
             self._check_stopping(jr)
-        elif jr.state == "waiting" and time.time() >= jr.retry_at:
-            jr.state = "pending"
+        elif jr.state == JobState.WAITING and time.time() >= jr.retry_at:
+            jr.state = JobState.PENDING
 
     def _isolated(self, jr: JobRun, action: Callable[[JobRun], Any]) -> Any:
         """One job's unexpected error (a launcher bug, a file it cannot read) fails that job and
@@ -201,7 +228,7 @@ class Driver:
             jr.stopping.then = lambda _res: self._end_job(jr, "failed", reason, failure="crash")
             return
         jr.stopping = None
-        if jr.current is not None and not jr.current.ended and jr.state in ("placing", "starting", "running", "stopping"):
+        if jr.current is not None and not jr.current.ended and jr.state.holds_gpus:
             self._begin_release(jr, grace=2.0, dump_stacks=False,
                                 then=lambda _res: self._end_job(jr, "failed", reason, failure="crash"))
             return
@@ -215,7 +242,7 @@ class Driver:
         futures = [self.releases.submit(teardown.release, self.run_id, list(jr.current.agents), jr.current.pg, 2.0,
                                         False, {})
                    for jr in self.jobs.values()
-                   if jr.current is not None and not jr.current.ended and jr.state in ("placing", "starting", "running")]
+                   if jr.current is not None and not jr.current.ended and jr.state in LIVE]
         for jr in self.jobs.values():
             if jr.stopping is not None:
                 futures.append(jr.stopping.future)
@@ -271,42 +298,38 @@ class Driver:
     # ------------------------------------------------------------------ scheduling
 
     def _skip_blocked(self) -> None:
-        for name, jr in self.jobs.items():
-            if jr.state != "pending":
-                continue
-            bad = [u for u in jr.job.needs if self.jobs[u].state in ("failed", "skipped", "killed")]
-            if bad:
-                jr.state = "skipped"
-                reason = f"needs {bad[0]}, which {self.jobs[bad[0]].state}"
+        while blocked := self.core.blocked():   # a skipped job may block its own dependants
+            for name, bad in blocked:
+                jr = self.jobs[name]
+                jr.state = JobState.SKIPPED
+                reason = f"needs {bad}, which {self.jobs[bad].state}"
                 self.journal.set_job(name, state="skipped", reason=reason)
                 self._say(f"skipped: {reason}", name)
 
-    def _place_ready(self) -> JobRun | None:
-        """The longest critical path that fits now, with GPUs reserved in our books on chosen nodes.
+    def _place_ready(self) -> None:
+        """What the scheduling policy places now, with GPUs held in our books on the nodes it chose.
 
         Ray is asked only when our own books say the job fits: a placement group that must wait
         is retried by Ray with a growing back-off (minutes), long after the GPUs came free.
         """
-        ready = [n for n, jr in self.jobs.items() if jr.state == "pending"
-                 and all(self.jobs[u].state == "succeeded" for u in jr.job.needs)]
-        name = scheduler.pick(ready, self.priority, self.order,
-                              lambda n: self.books.choose(self.jobs[n].job.config.resources) is not None, self.policy)
-        if name is None:
-            for n in ready if self.quarantined else []:
-                if not self.books.could_ever_fit(self.jobs[n].job.config.resources, self.quarantined):
-                    self._fail_unplaceable(self.jobs[n])
-            if ready and time.time() - self.last_wait_note > 30:
-                self.last_wait_note = time.time()
-                log.info("waiting for GPUs: %s ready, %d GPU(s) free", ", ".join(ready), self.books.free_gpus())
-            return None
-        jr = self.jobs[name]
-        self._isolated(jr, self._place)   # placed, or failed: either way no longer pending
-        return jr
+        now = time.time()
+        planned = self.core.schedule(now)
+        for p in planned.placements:
+            self._isolated(self.jobs[p.name], lambda jr: self._place(jr, p, now))   # placed, or failed
+        if planned.placements:
+            return
+        ready = self.core.ready()
+        for n in ready if self.quarantined else []:
+            if not self.core.could_ever_fit(n):
+                self._fail_unplaceable(self.jobs[n])
+        if ready and now - self.last_wait_note > 30:
+            self.last_wait_note = now
+            r = planned.reservation
+            held = f"; {r.name} has GPUs reserved from {r.at - now:.0f}s from now" if r else ""
+            log.info("waiting for GPUs: %s ready, %d GPU(s) free%s", ", ".join(ready), self.core.books.free_gpus(), held)
 
-    def _place(self, jr: JobRun) -> bool:
+    def _place(self, jr: JobRun, p: Placement, now: float) -> None:
         r = jr.job.config.resources
-        nodes = self.books.choose(r)
-        assert nodes is not None
         bundle: dict[str, float] = {"GPU": float(r.gpus_per_node)}
         if r.cpus_per_rank:
             bundle["CPU"] = r.cpus_per_rank * r.gpus_per_node
@@ -315,14 +338,14 @@ class Driver:
         strategy = "STRICT_PACK" if r.nodes == 1 else "STRICT_SPREAD"
         pg = placement_group([dict(bundle) for _ in range(r.nodes)], strategy=strategy,
                              name=f"{self.run_id}/{jr.job.name}/{jr.attempts + 1}",
-                             _soft_target_node_id=nodes[0] if r.nodes == 1 else None)
+                             _soft_target_node_id=p.nodes[0] if r.nodes == 1 else None)
         jr.attempts += 1
-        jr.current = Attempt(n=jr.attempts, pg=pg, held=[{"node": n, "gpus": [""] * r.gpus_per_node} for n in nodes])
-        self.books.hold(jr.current.held, +1)
-        jr.state = "placing"
+        jr.current = Attempt(n=jr.attempts, pg=pg, held=[{"node": n, "gpus": [""] * r.gpus_per_node} for n in p.nodes])
+        self.core.hold(p, now)
+        jr.first_step = None
+        jr.state = JobState.PLACING
         self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
                   f"(attempt {jr.attempts})", jr.job.name)
-        return True
 
     def _fail_unplaceable(self, jr: JobRun) -> None:
         """Rather than wait forever: the GPUs this job needs are held by memory an earlier job leaked."""
@@ -376,7 +399,7 @@ class Driver:
             self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
             return
         a.start_issued = time.time()
-        jr.state = "starting"
+        jr.state = JobState.STARTING
 
     def _check_started(self, jr: JobRun) -> None:
         a = jr.current
@@ -398,13 +421,13 @@ class Driver:
         job = jr.job
         a.placement = [{"node": rep["info"]["node"], "host": rep["info"]["host"], "gpus": rep["info"]["gpus"]}
                        for rep in replies]
-        self.books.hold(a.held, -1)  # the reservation becomes where Ray really put the job
-        a.held = a.placement
-        self.books.hold(a.held, +1)
+        a.held = a.placement          # the reservation becomes where Ray really put the job
+        self.core.hold_gpus(job.name, tuple((h["node"], len(h["gpus"])) for h in a.held),
+                            time.time() + self.core.estimates[job.name])
         self.journal.set_attempt(job.name, a.n, state="running", placement=a.placement)
         self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
                                     for rep in replies for s in rep["ranks"]])
-        jr.state = "running"
+        jr.state = JobState.RUNNING
         where = "; ".join(f"{p['host']}:{p['node'][:8]} GPUs {','.join(p['gpus'])}" for p in a.placement)
         self._say(f"attempt {a.n} started on {where}" + (f", resuming from {Path(a.resumed_from).name}"
                                                         if a.resumed_from else ""), job.name)
@@ -464,6 +487,12 @@ class Driver:
         if obs.loss is not None:  # the final "done" heartbeat carries no loss: keep the last one
             progress["loss"] = obs.loss
         self.journal.set_job(name, **progress)
+        if obs.step > 0:   # the job's own speed says when it gives its GPUs back: reservations plan on it
+            now = time.time()
+            jr.first_step = jr.first_step or (now, obs.step)
+            end = estimates.projected_end(jr.first_step, (now, obs.step), obs.total_steps)
+            if end is not None:
+                self.core.expect_end(name, end)
         self.metrics.update(name, obs.step, obs.total_steps, obs.loss, a.n)
         for ck in checkpoints.complete_checkpoints(self.rd.job(name).checkpoints):
             step = checkpoints.step_of(ck) or 0
@@ -491,7 +520,7 @@ class Driver:
         future = self.releases.submit(teardown.release, self.run_id, list(a.agents), a.pg, grace, dump_stacks, sweeps,
                                       verify)
         jr.stopping = Stopping(future, then)
-        jr.state = "stopping"
+        jr.state = JobState.STOPPING
 
     def _check_stopping(self, jr: JobRun, wait: float | None = None) -> None:
         st = jr.stopping
@@ -526,7 +555,7 @@ class Driver:
             node = a.held[u.bundle]["node"][:8] if u.bundle < len(a.held) else "?"
             self._say(f"GPUs {u.gpus} on node {node} not released after {u.waited_s:.0f}s (held MiB {u.still_held}, "
                       f"pids {u.job_pids_on_gpu}); kept out of scheduling", name, kind="release")
-        self.books.hold([h for h in a.held if h not in self.quarantined], -1)
+        self.core.release(name, keep=[(h["node"], len(h["gpus"])) for h in a.held if h in self.quarantined])
         a.held = []
         monitor.write_run_peaks(self.rd, rebuild=False)
 
@@ -560,7 +589,7 @@ class Driver:
         ok = reason is None
         self.journal.end_attempt(name, a.n, "succeeded" if ok else "failed", None, obs.exit_codes, obs.step)
         a.ended = True
-        jr.state = "succeeded" if ok else "failed"
+        jr.state = JobState.SUCCEEDED if ok else JobState.FAILED
         self.journal.set_job(name, state=jr.state, reason=reason, step=obs.step)
         self._say(f"{jr.state}" + (f": {reason}" if reason else f" at step {obs.step}"), name)
 
@@ -587,8 +616,12 @@ class Driver:
         self.journal.end_attempt(name, a.n, "failed", obs.verdict, codes, obs.step, lost, obs.detail)
         a.ended = True
         self._say(f"attempt {a.n} failed ({obs.verdict}): {obs.detail}", name, kind="failure")
-        if obs.verdict == "oom":
-            self._shrink_micro_batch(jr)
+        t = jr.job.config.training
+        d = FailurePolicy(jr.job.config.retry).decide(
+            Verdict(obs.verdict), History(jr.attempts - 1, jr.restarts_without_progress, t.batch_size, t.grad_accum,
+                                          tuple(h["node"] for h in a.placement)))
+        if d.batch is not None:
+            self._shrink_micro_batch(jr, d.batch)
         if suspect is not None:
             if res.checkpoint_problem:
                 self._bad_checkpoint(jr, suspect)
@@ -597,24 +630,20 @@ class Driver:
             else:
                 self._say(f"the attempt died resuming from {suspect.name}, which verifies whole: kept", name,
                           kind="checkpoint")
-        d = decide_retry(jr.job.config.retry, jr.attempts - 1, jr.restarts_without_progress, obs.verdict)
         if d.retry:
             jr.restarts_without_progress += 1
-            jr.state, jr.retry_at = "waiting", time.time() + d.delay
+            jr.state, jr.retry_at = JobState.WAITING, time.time() + d.delay
             self.journal.set_job(name, state="pending", reason=d.reason)
         else:
-            jr.state = "failed"
+            jr.state = JobState.FAILED
             self.journal.set_job(name, state="failed", reason=d.reason)
         self._say(d.reason, name)
 
-    def _shrink_micro_batch(self, jr: JobRun) -> None:
+    def _shrink_micro_batch(self, jr: JobRun, smaller: BatchChange) -> None:
         """OOM: a smaller micro-batch, more accumulation: the effective batch is unchanged."""
         t = jr.job.config.training
-        smaller = smaller_micro_batch(t.batch_size, t.grad_accum)
-        if smaller is None:
-            return
         before = (t.batch_size, t.grad_accum)
-        self._set_micro_batch(jr, *smaller)
+        self._set_micro_batch(jr, smaller.batch_size, smaller.grad_accum)
         self.journal.record_decision(Decision(jr.job.name, "micro_batch", {"batch_size": t.batch_size,
                                                                             "grad_accum": t.grad_accum}))
         jr.changes = {"batch_size": [before[0], t.batch_size], "grad_accum": [before[1], t.grad_accum]}
@@ -639,10 +668,10 @@ class Driver:
     def _kill_job(self, jr: JobRun, why: str, grace: float = 10.0) -> None:
         """Placing, starting or running: its agents, placement group and ranks go first (a rank
         spawned by a start still in flight is stopped too: an agent runs its calls in order)."""
-        if jr.state == "stopping":
+        if jr.state == JobState.STOPPING:
             jr.kill_reason = why
             return
-        if jr.current is not None and not jr.current.ended and jr.state in ("placing", "starting", "running"):
+        if jr.current is not None and not jr.current.ended and jr.state in LIVE:
             self._begin_release(jr, grace, dump_stacks=False,
                                 then=lambda res: self._end_job(jr, "killed", why, codes=res.exit_codes))
             return

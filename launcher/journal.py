@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, base TEXT NOT NULL, method TEXT NOT NULL, state TEXT NOT NULL,
     needs TEXT NOT NULL, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
     reason TEXT, world_size INTEGER NOT NULL, ordinal INTEGER NOT NULL, updated REAL NOT NULL,
-    loss REAL, heartbeat_time REAL
+    loss REAL, heartbeat_time REAL, signature TEXT
 );
 CREATE TABLE IF NOT EXISTS attempts (
     job TEXT NOT NULL, n INTEGER NOT NULL, state TEXT NOT NULL, started REAL NOT NULL, ended REAL,
@@ -100,7 +100,15 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
             self.db.executescript(SCHEMA)
+            self._migrate()
         self.db.row_factory = sqlite3.Row
+
+    def _migrate(self) -> None:
+        # Columns added since: a journal from an older run (bin/resume) gets them, empty.
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
+        if "signature" not in have:
+            with self.tx() as db:
+                db.execute("ALTER TABLE jobs ADD COLUMN signature TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -129,11 +137,12 @@ class Journal:
             db.execute(f"UPDATE runs SET {cols}", tuple(fields.values()))
 
     def add_job(self, name: str, base: str, method: str, needs: list[str], world_size: int, ordinal: int,
-                total_steps: int | None = None) -> None:
+                total_steps: int | None = None, signature: str | None = None) -> None:
         with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO jobs(name, base, method, state, needs, world_size, ordinal, updated, total_steps)"
-                       " VALUES (?,?,?,?,?,?,?,?,?)",
-                       (name, base, method, "pending", _dumps(needs), world_size, ordinal, time.time(), total_steps))
+            db.execute("INSERT OR IGNORE INTO jobs(name, base, method, state, needs, world_size, ordinal, updated, "
+                       "total_steps, signature) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (name, base, method, "pending", _dumps(needs), world_size, ordinal, time.time(), total_steps,
+                        signature))
 
     def set_job(self, name: str, **fields: Any) -> None:
         fields["updated"] = time.time()

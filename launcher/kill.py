@@ -1,6 +1,6 @@
 """bin/kill: asking the driver to stop a run or a job, and what to do when it does not answer.
 
-A live driver acts on a request file (launcher.control) and records the kill itself. A wedged
+A live driver acts on a request file (launcher.control.requests) and records the kill itself. A wedged
 driver (SIGSTOPped, stuck in a syscall, deadlocked) never reads it. `bin/kill --force RUN` then
 SIGKILLs the driver (verified by PID and start time, never a bare PID) and every process under it
 (its Ray, the node agents, the ranks), waits until it is gone and the kernel has dropped its
@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 import psutil
 
-from launcher import control, driver_lock, procs, status
+from launcher import driver_lock, procs, status
+from launcher.control import requests as control
 from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.lifecycle import DriverInfo, sweep

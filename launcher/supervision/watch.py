@@ -1,7 +1,7 @@
-"""Supervisor decisions, kept pure: given what the agents report, what happens to an attempt.
+"""Watching one attempt, kept pure: given what the agents report, is it running, done, or failed how.
 
-The driver feeds `observe()` with agent reports and acts on the verdict; tests step it one
-report at a time with made-up reports, no processes needed.
+The driver feeds `observe()` with agent reports and acts on the verdict (what then happens is
+`supervision.policy`); tests step it one report at a time with made-up reports, no processes needed.
 """
 
 from __future__ import annotations
@@ -9,14 +9,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from launcher.spec import HangSpec, RetrySpec
+from launcher.spec import HangSpec
+from launcher.supervision.failure import Verdict
 
 OOM_RE = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc", re.I)
-
-Verdict = Literal["running", "done", "crash", "hang", "oom", "lost"]
-
 
 @dataclass
 class Observation:
@@ -88,13 +86,13 @@ class AttemptWatch:
         beats = [r["heartbeat"] for r in ranks if r["heartbeat"]]
         rank0 = next((r["heartbeat"] for r in ranks if r["rank"] == 0 and r["heartbeat"]), None)
         step = min((b["step"] for b in beats), default=0) if len(beats) == len(ranks) else 0
-        obs = Observation("running", exit_codes=codes, step=rank0["step"] if rank0 else step,
+        obs = Observation(Verdict.RUNNING, exit_codes=codes, step=rank0["step"] if rank0 else step,
                           total_steps=rank0["total_steps"] if rank0 else None, loss=rank0.get("loss") if rank0 else None)
         failed = [r for r in ranks if r["exit_code"] not in (None, 0)]
         if failed:
             return self._failure(obs, failed)
         if all(c == 0 for c in codes.values()):
-            obs.verdict = "done"
+            obs.verdict = Verdict.DONE
             return obs
         phase = self._job_phase(beats, len(ranks))
         units = min((b.get("progress", 0) for b in beats if b["phase"] == phase), default=0)
@@ -108,7 +106,7 @@ class AttemptWatch:
         idle = now - self.last_progress
         limit = self._limit(phase)
         if limit is not None and idle > limit:
-            obs.verdict = "hang"
+            obs.verdict = Verdict.HANG
             obs.detail = f"no progress for {idle:.0f}s in phase {phase} (timeout {limit:.0f}s) at step {step}"
         return obs
 
@@ -135,12 +133,12 @@ class AttemptWatch:
         lowest failed rank is the crash."""
         killer = next((r for r in failed if r.get("oom_killed")), None)
         if killer is not None:
-            obs.verdict = "oom"
+            obs.verdict = Verdict.OOM
             obs.detail = f"rank {killer['rank']} exited with {killer['exit_code']}: {killer['oom_killed']}"
             return obs
         oom = next((r for r in failed if OOM_RE.search("\n".join(r["log_tail"][-40:]))), None)
         r = oom or failed[0]
-        obs.verdict = "oom" if oom else "crash"
+        obs.verdict = Verdict.OOM if oom else Verdict.CRASH
         obs.detail = f"rank {r['rank']} exited with {r['exit_code']}: " + " | ".join(r["log_tail"][-5:])
         return obs
 
@@ -161,37 +159,3 @@ class AttemptWatch:
             return self.timeout("saving") or self.hang.startup
         # Until an auto phase's timeout is learned, the start-up allowance applies.
         return self.timeout(phase) or self.hang.startup
-
-
-@dataclass
-class RetryDecision:
-    retry: bool
-    delay: float
-    reason: str
-
-
-def decide_retry(retry: RetrySpec, restarts_so_far: int, restarts_without_progress: int, verdict: Verdict) -> RetryDecision:
-    """Restart with exponential backoff until max_restarts, or stop a job that keeps failing in place."""
-    if restarts_so_far >= retry.max_restarts:
-        return RetryDecision(False, 0, f"{verdict}; gave up after {restarts_so_far} restart(s) (retry.max_restarts)")
-    if restarts_without_progress >= retry.no_progress_limit:
-        return RetryDecision(False, 0, f"{verdict}; no new checkpoint across {restarts_without_progress} restarts "
-                                       f"(retry.no_progress_limit): not looping")
-    delay = min(retry.backoff * (2 ** restarts_so_far), retry.backoff_max)
-    return RetryDecision(True, delay, f"{verdict}; restart {restarts_so_far + 1}/{retry.max_restarts} in {delay:.0f}s")
-
-
-def checkpoint_suspect(verdict: Verdict, resumed_from: str | None, step: int, start_step: int) -> bool:
-    """Whether a failed attempt may have died loading its checkpoint: it crashed after resuming
-    and before getting past the step it resumed at. The checkpoint is then verified in full."""
-    return verdict == "crash" and resumed_from is not None and step <= start_step
-
-
-def smaller_micro_batch(batch_size: int, grad_accum: int) -> tuple[int, int] | None:
-    """After an OOM: the largest micro-batch of at most half the current one that divides it, with
-    the accumulation that keeps the effective batch (micro-batch x accumulation) exactly the same.
-    3 x 1 becomes 1 x 3 (1 x 2 would train on a smaller batch); None when it is already 1."""
-    for smaller in range(batch_size // 2, 0, -1):
-        if batch_size % smaller == 0:
-            return smaller, grad_accum * (batch_size // smaller)
-    return None

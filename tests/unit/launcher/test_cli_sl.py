@@ -93,8 +93,9 @@ def test_status_exit_status_for_each_run_state(state: str, driver: str | None, c
 
 
 def test_stdlib_parsers_mirror_the_launcher_s_constants() -> None:
-    from launcher import kill, scheduler, status
-    assert cliargs.ORDERS == scheduler.ORDERS
+    from launcher import kill, status
+    from launcher.scheduling import policy
+    assert cliargs.ORDERS == policy.names()
     assert cliargs.FOLD_OVER == status.FOLD_OVER
     assert cliargs.FORCE_PATIENCE_S == kill.FORCE_PATIENCE_S
 

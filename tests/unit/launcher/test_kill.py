@@ -17,7 +17,8 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
-from launcher import control, driver_lock, kill, procs
+from launcher import driver_lock, kill, procs
+from launcher.control import requests as control
 from launcher.journal import Journal, ProcessRecord
 from launcher.layout import RunDir
 from launcher.lifecycle import DriverInfo

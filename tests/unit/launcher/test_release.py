@@ -65,16 +65,3 @@ def test_an_exited_but_unreaped_process_holds_nothing() -> None:
         assert r.released, r
     finally:
         os.waitpid(pid, 0)
-
-
-def test_leaked_gpus_make_a_job_that_needs_them_unplaceable() -> None:
-    from launcher.resources import ClusterShape, NodeShape
-    from launcher.scheduler import Books
-    from launcher.spec import Resources
-
-    books = Books(ClusterShape((NodeShape("a", 2, "H20"), NodeShape("b", 4, "A100"))))
-    leaked = [{"node": "b", "gpus": ["0", "1"]}]
-    assert books.could_ever_fit(Resources(gpus_per_node=2), leaked)
-    assert books.could_ever_fit(Resources(gpus_per_node=2, gpu_type="A100"), leaked)
-    assert not books.could_ever_fit(Resources(gpus_per_node=4), leaked)
-    assert not books.could_ever_fit(Resources(nodes=2, gpus_per_node=3), leaked)

@@ -1,4 +1,4 @@
-"""Supervisor decisions stepped one report at a time with made-up rank reports and explicit times."""
+"""Attempt watching stepped one report at a time with made-up rank reports and explicit times."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from launcher.agent import RankStatus
 from launcher.heartbeat import Heartbeat
-from launcher.spec import HangSpec, RetrySpec
-from launcher.supervisor import AttemptWatch, checkpoint_suspect, decide_retry, smaller_micro_batch
+from launcher.spec import HangSpec
+from launcher.supervision.watch import AttemptWatch
 
 T0 = 1000.0
 
@@ -242,53 +242,12 @@ def test_observation_carries_rank0_progress():
     assert (obs.verdict, obs.step, obs.total_steps, obs.loss) == ("running", 9, 50, 0.25)
 
 
-# --------------------------------------------------------------------------- retries
-
-def test_backoff_doubles_and_caps():
-    spec = RetrySpec(max_restarts=10, backoff=5, backoff_max=30, no_progress_limit=10)
-    delays = [decide_retry(spec, n, 0, "crash").delay for n in range(6)]
-    assert delays == [5, 10, 20, 30, 30, 30]
-    d = decide_retry(spec, 2, 0, "hang")
-    assert (d.retry, d.reason) == (True, "hang; restart 3/10 in 20s")
-
-
-def test_retry_stops_at_max_restarts():
-    spec = RetrySpec(max_restarts=2, backoff=1)
-    assert decide_retry(spec, 1, 0, "crash").retry is True
-    d = decide_retry(spec, 2, 0, "crash")
-    assert (d.retry, d.delay) == (False, 0)
-    assert d.reason == "crash; gave up after 2 restart(s) (retry.max_restarts)"
-    assert decide_retry(RetrySpec(max_restarts=0), 0, 0, "oom").retry is False
-
-
-def test_retry_stops_at_no_progress_limit():
-    spec = RetrySpec(max_restarts=10, backoff=1, no_progress_limit=3)
-    assert decide_retry(spec, 2, 2, "hang").retry is True
-    d = decide_retry(spec, 3, 3, "hang")
-    assert d.retry is False
-    assert d.reason == "hang; no new checkpoint across 3 restarts (retry.no_progress_limit): not looping"
-
-
-@pytest.mark.parametrize("verdict", ["crash", "hang", "oom", "lost"])
-def test_retry_reason_names_the_verdict(verdict):
-    assert decide_retry(RetrySpec(), 0, 0, verdict).reason.startswith(f"{verdict}; restart 1/2")
-
-
 def test_a_rank_still_training_while_another_is_done_is_watched_by_the_step_timeout():
     w = watch(startup=60, step=3, save=1800)
     w.observe([rank(0, 12), rank(1, 12)], now=T0 + 1)
     w.observe([rank(0, 40, "done"), rank(1, 12)], now=T0 + 2)   # rank 1 stopped at step 12
     obs = w.observe([rank(0, 40, "done"), rank(1, 12)], now=T0 + 5.5)
     assert obs.detail == "no progress for 4s in phase training (timeout 3s) at step 12"
-
-
-@pytest.mark.parametrize("before,after", [((4, 1), (2, 2)), ((8, 2), (4, 4)), ((6, 1), (3, 2)), ((3, 1), (1, 3)),
-                                          ((5, 2), (1, 10)), ((9, 1), (3, 3)), ((2, 4), (1, 8)), ((1, 4), None)])
-def test_oom_micro_batch_keeps_the_effective_batch(before, after):
-    got = smaller_micro_batch(*before)
-    assert got == after
-    if got is not None:
-        assert got[0] * got[1] == before[0] * before[1] and got[0] <= before[0] // 2
 
 
 # --------------------------------------------------------------------------- auto per phase
@@ -358,15 +317,3 @@ def test_a_sigkill_without_the_oom_counter_moving_is_a_crash():
     w = watch()
     w.observe([rank(0, 5)], now=T0 + 1)
     assert w.observe([rank(0, 5, exit_code=-9)], now=T0 + 2).verdict == "crash"
-
-
-@pytest.mark.parametrize("verdict, resumed, step, start, suspect", [
-    ("crash", "/c/checkpoint-10", 10, 10, True),     # died at the step it resumed at
-    ("crash", "/c/checkpoint-10", 0, 10, True),      # died while loading (heartbeat still at 0)
-    ("crash", "/c/checkpoint-10", 11, 10, False),    # got past it: the checkpoint loaded
-    ("crash", None, 0, 0, False),                    # fresh start: no checkpoint to blame
-    ("hang", "/c/checkpoint-10", 0, 10, False),
-    ("oom", "/c/checkpoint-10", 0, 10, False),
-])
-def test_checkpoint_suspect(verdict, resumed, step, start, suspect):
-    assert checkpoint_suspect(verdict, resumed, step, start) is suspect
