@@ -46,7 +46,8 @@ def one(kind: str, model: ModelSpec, steps: int, root: Path, sft_data: Path, gc:
     from methods import fabe, sft
 
     job_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=root))
-    training = TrainingSpec(max_steps=steps, lr=5e-4, batch_size=BATCH, max_length=160, lora=LoraSpec(),
+    # LoRA dropout 0 for every kind: FABE shares the prompt only without dropout (methods.fabe.use_shared_prompt).
+    training = TrainingSpec(max_steps=steps, lr=5e-4, batch_size=BATCH, max_length=160, lora=LoraSpec(dropout=0.0),
                             gradient_checkpointing=gc)
     if kind == "sft":
         job = make_job(job_dir, method="sft", job=kind, params={"template": "auto"}, model=model, training=training,

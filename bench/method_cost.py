@@ -154,7 +154,8 @@ def bench(quick: bool) -> PieceResult:
                         1 / per_sample["fabe"], baseline=f"SFT {1e3 / per_sample['sft_fabe_data']:.1f} ms/sample",
                         target=f"<= {FABE_TARGET:.1f} x SFT", ratio=ratio, met=at_most(ratio, FABE_TARGET),
                         note=f"{common}; fabe_ranked_mini rows, SFT on each row's best candidate; FABE shares "
-                             "the prompt across its candidates (shared_prompt, the default)"))
+                             "the prompt across its candidates (shared_prompt, the default; LoRA dropout 0, "
+                             "without which it does not share)"))
         if per_sample.get("fabe_naive"):
             r = per_sample["sft_fabe_data"] / per_sample["fabe_naive"]
             rows.append(Row("FABE naive (one sequence per candidate) / SFT", f"{1e3 / per_sample['fabe_naive']:.1f} ms/sample",

@@ -124,6 +124,34 @@ def attention_implementation(model: torch.nn.Module) -> str:
     return str(getattr(config, "_attn_implementation", None) or "eager")
 
 
+def training_dropout(model: torch.nn.Module) -> list[str]:
+    """Where dropout acts while training: Dropout modules with p > 0 (PEFT's lora_dropout among them)
+    and the config's dropout rates > 0 (attention dropout is functional, it has no module)."""
+    found = sorted({f"{type(m).__name__}(p={m.p})" for m in model.modules()
+                    if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0})
+    config = getattr(model, "config", None)
+    for key, value in (config.to_dict().items() if config is not None else ()):
+        if ("dropout" in key or "pdrop" in key) and type(value) in (int, float) and value > 0:
+            found.append(f"config.{key}={value}")
+    return found
+
+
+def use_shared_prompt(requested: bool, attn: str, model: torch.nn.Module) -> tuple[bool, str]:
+    """Whether the collator shares each prompt across its candidates, and why not where it does not.
+    One prompt copy means one dropout draw for all n candidates' prompt positions, where Tuna runs
+    B x n independent rows: with dropout active the two are different estimators, so sharing is off."""
+    if not requested:
+        return False, "shared_prompt: false"
+    if attn not in SHARED_PROMPT_ATTENTION:
+        return False, f"attention {attn} takes no custom mask"
+    dropout = training_dropout(model)
+    if dropout:
+        return False, (f"dropout is active in training ({', '.join(dropout)}): a shared prompt would give all "
+                       f"candidates one dropout draw, unlike B x n independent rows (Tuna); set "
+                       f"training.lora.dropout: 0 to share")
+    return True, ""
+
+
 def run(job: JobFile) -> int:
     ranks, jd, heartbeat = start_rank(job, needs_model="")
     params = FABEParams.model_validate(job.params)
@@ -134,10 +162,10 @@ def run(job: JobFile) -> int:
     tokenizer = load_tokenizer(job.model)
     model = load_base_model(job.model, tokenizer, DTYPES[precision])
     attn = attention_implementation(model)
-    shared = params.shared_prompt and attn in SHARED_PROMPT_ATTENTION
-    if params.shared_prompt and not shared:
-        log.warning("attention %s takes no custom mask: candidates get their own copy of the prompt", attn)
     model = attach_adapters(model, job.model, job.training.lora, job.training.gradient_checkpointing)
+    shared, why_not = use_shared_prompt(params.shared_prompt, attn, model)   # after LoRA: its dropout counts
+    if params.shared_prompt and not shared:
+        log.warning("shared_prompt off, candidates get their own copy of the prompt: %s", why_not)
     n_train, n_total = trainable_parameters(model)
     log.info("model ready: %d / %d parameters trainable, precision %s, attention %s", n_train, n_total, precision, attn)
 

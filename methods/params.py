@@ -98,7 +98,8 @@ class FABEParams(Params):
     margin: float = Field(0.1, ge=0, description="Tuna's margin m (gap g uses g*m)")
     mle_on: Literal["best", "all"] = Field("best", description="MLE on the best candidate (seed) or on all (Tuna)")
     num_candidates: int | None = Field(None, ge=2, description="keep the best N candidates per row (None: all, same N in every row)")
-    shared_prompt: bool = Field(True, description="compute each prompt once for its candidates (same loss, less compute)")
+    shared_prompt: bool = Field(True, description="compute each prompt once for its candidates (same loss, less compute); "
+                                                 "off while dropout is active in training (one draw would serve all candidates)")
     save_adapter: bool = True
 
 

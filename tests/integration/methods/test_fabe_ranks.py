@@ -19,8 +19,9 @@ WORLD = 2
 
 def test_fabe_zero2_two_ranks_then_eval(tmp_path):
     jd = JobDir(tmp_path / "fabe")
+    # LoRA dropout 0: the shared-prompt path across ranks (with dropout the job turns sharing off).
     training = tiny_training(batch_size=2, max_steps=4, max_length=160, gradient_checkpointing=True,
-                             lora=LoraSpec(r=4, alpha=8, dropout=0.1))
+                             lora=LoraSpec(r=4, alpha=8, dropout=0.0))
     job_file = write_job_file(
         jd.root, job="fabe", method="fabe", model=ModelSpec(tiny="llama", seed=3),
         params={"template": "user_assistant", "ranking_loss": "listmle", "alpha": 1.0, "beta": 0.3},

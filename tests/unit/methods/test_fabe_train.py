@@ -69,3 +69,26 @@ def test_validation_loss_uses_the_same_objective(tmp_path):
     assert fabe.run(job) == 0
     evals = [m["extra"]["eval_loss"] for m in read_jsonl(JobDir(tmp_path).metrics) if "eval_loss" in m["extra"]]
     assert len(evals) == 1 and evals[0] > 0
+
+
+def test_shared_prompt_turns_itself_off_while_dropout_is_active(tmp_path, caplog):
+    """One prompt copy gives all n candidates one LoRA-dropout draw, where Tuna runs B x n independent
+    rows: with dropout > 0 the job trains per-candidate and says why; with dropout 0 it shares."""
+    from methods.models import attach_adapters, byte_tokenizer, tiny_model
+
+    base = tiny_model("llama", byte_tokenizer(), {}, seed=4)
+    dropped = attach_adapters(base, ModelSpec(tiny="llama"), LoraSpec(r=4, alpha=8, dropout=0.1), False)
+    shared, why = fabe.use_shared_prompt(True, "sdpa", dropped)
+    assert not shared and "Dropout(p=0.1)" in why and "training.lora.dropout: 0" in why
+    plain = attach_adapters(tiny_model("llama", byte_tokenizer(), {}, seed=4), ModelSpec(tiny="llama"),
+                            LoraSpec(r=4, alpha=8, dropout=0.0), False)
+    assert fabe.use_shared_prompt(True, "sdpa", plain) == (True, "")
+    assert fabe.use_shared_prompt(True, "flash_attention_2", plain)[0] is False
+    plain.config.attention_dropout = 0.1   # functional dropout, no module: read from the config
+    assert fabe.training_dropout(plain) == ["config.attention_dropout=0.1"]
+
+    caplog.set_level("INFO", logger="methods.fabe")
+    assert fabe.run(fabe_job(tmp_path, max_steps=1, lora=LoraSpec(r=4, alpha=8, dropout=0.1))) == 0
+    assert "shared_prompt off, candidates get their own copy of the prompt: dropout is active" in caplog.text
+    assert "per-candidate prompt" in caplog.text
+
