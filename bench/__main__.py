@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python -m bench [--quick] [--json OUT] [--only NAME ...]      (or: bin/bench ...)
 
-Pieces (one module each): scheduling (bench/scheduling.py), launch (bench/launch_overhead.py),
+Pieces (one module each): scheduling (bench/scheduling.py), simulate (bench/simulate.py), launch (bench/launch_overhead.py),
 recovery (bench/recovery.py), faults (bench/fault_matrix.py), monitor (bench/monitor_cost.py), training (bench/training_overhead.py),
 methods (bench/method_cost.py: Lisa / SFT, FABE / SFT), scale (bench/scale.py). It reports: a
 missed target is printed as such, a piece that cannot run says why; the exit status is 0 either way.
@@ -23,6 +23,7 @@ from bench.results import REPO, Machine, PieceResult, machine_lines, table_lines
 
 PIECES = {
     "scheduling": "bench.scheduling",
+    "simulate": "bench.simulate",
     "launch": "bench.launch_overhead",
     "recovery": "bench.recovery",
     "faults": "bench.fault_matrix",
