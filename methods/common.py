@@ -21,6 +21,7 @@ from methods import jit_ops, tracking
 from methods.callbacks import HeartbeatCallback, SampleRecorder
 from methods.model_cache import converted_gguf, resolve_gguf
 from methods.models import TRAINABLE_ADAPTER
+from methods.zero import partition_summary
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,18 @@ class MethodTrainer(Trainer):
             del model.save_pretrained  # back to the class method
 
 
-def dist_info() -> dict[str, Any]:
-    """The process group as this rank sees it: tests check gloo on CPU and the world size."""
+def dist_info(model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The process group as this rank sees it: tests check gloo on CPU and the world size. Given the
+    trained model under ZeRO-3, also how its trainable parameters are partitioned (`zero3`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return {"backend": str(torch.distributed.get_backend()), "world_size": torch.distributed.get_world_size()}
-    return {"backend": None, "world_size": 1}
+        info: dict[str, Any] = {"backend": str(torch.distributed.get_backend()),
+                                "world_size": torch.distributed.get_world_size()}
+    else:
+        info = {"backend": None, "world_size": 1}
+    summary = partition_summary(model) if model is not None else None
+    if summary is not None:
+        info["zero3"] = asdict(summary)
+    return info
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import set_seed
 
 from launcher.spec import JobFile
 from methods.callbacks import CheckpointCallback, MetricsCallback, SampleRecorder, barrier
@@ -159,6 +160,9 @@ def run(job: JobFile) -> int:
     has_eval = "eval" in job.data
     args = training_arguments(job, precision, has_eval)  # before the model: ZeRO-3 partitions at load
 
+    # LoRA's A matrices come from the global RNG: seeded here, as sft.setup does, the initial adapter
+    # depends on training.seed only (ZeRO-3's partitioned load draws from it differently than ZeRO-2's).
+    set_seed(job.training.seed)
     tokenizer = load_tokenizer(job.model)
     model = load_base_model(job.model, tokenizer, DTYPES[precision])
     attn = attention_implementation(model)
@@ -200,7 +204,7 @@ def run(job: JobFile) -> int:
     if params.save_adapter:
         trainer.save_model(str(jd.adapter))  # collective under ZeRO-3; rank 0 writes
         adapter = str(jd.adapter)
-    dist = dist_info()
+    dist = dist_info(model)
     barrier()
     if ranks.rank == 0:
         start = job.model.adapter

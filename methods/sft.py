@@ -80,7 +80,7 @@ def finish(job: JobFile, s: Setup, trainer: MethodTrainer, out: Any, save_adapte
         # only rank 0 writes (the LoRA adapter via PEFT's save_pretrained, plus the tokenizer).
         trainer.save_model(str(s.jd.adapter))
         adapter = str(s.jd.adapter)
-    dist = dist_info()
+    dist = dist_info(s.model)
     barrier()
     if s.ranks.rank == 0:
         assert job.model is not None

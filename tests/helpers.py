@@ -34,6 +34,14 @@ def deepspeed_config(name: str, training: TrainingSpec, world_size: int) -> dict
     return dsconfig.resolve(json.loads((DS_CONFIGS / f"{name}.json").read_text()), training, world_size)
 
 
+def zero3_partitioning(training: TrainingSpec, world_size: int) -> dict[str, Any]:
+    """ZeRO-3 that partitions every parameter: `auto` persistence (10 x hidden = 640 elements on the
+    tiny Llama) keeps the tests' LoRA tensors whole on every rank, so they would never meet a partition."""
+    config = deepspeed_config("zero3", training, world_size)
+    config["zero_optimization"] |= {"stage3_param_persistence_threshold": 0}
+    return config
+
+
 def tiny_training(**overrides: Any) -> TrainingSpec:
     base: dict[str, Any] = dict(max_steps=-1, epochs=1, lr=1e-3, batch_size=2, grad_accum=1, max_length=256,
                                 seed=7, logging_steps=1, lora=LoraSpec(r=4, alpha=8, dropout=0.1))

@@ -17,7 +17,8 @@ from launcher.atomic import read_jsonl
 from launcher.layout import JobDir
 from launcher.spec import CheckpointSpec, DataSource, LoraSpec, Resources
 from methods.lisa_state import STATE_FILE, LisaSchedule, tensor_digest
-from tests.helpers import DATA, RankRun, deepspeed_config, kill_all, run_ranks, start_ranks, tiny_training, write_job_file
+from tests.helpers import (DATA, RankRun, deepspeed_config, kill_all, run_ranks, start_ranks, tiny_training, write_job_file,
+                           zero3_partitioning)
 
 pytestmark = pytest.mark.integration
 WORLD = 2
@@ -30,7 +31,7 @@ PARAMS = {"template": "alpaca", "rho": 5.0, "alignment_step": 2, "finetune_step"
 def common(stage: str) -> dict:
     training = tiny_training(batch_size=2, max_steps=STEPS, lr=1e-2, lora=LoraSpec(r=4, alpha=8, dropout=0.0))
     return dict(method="lisa", job="lisa", params=PARAMS, training=training,
-                deepspeed=deepspeed_config(stage, training, WORLD),
+                deepspeed=zero3_partitioning(training, WORLD) if stage == "zero3" else deepspeed_config(stage, training, WORLD),
                 data={"train": DataSource(source=str(DATA / "sst2_mini.jsonl")),
                       "harmful": DataSource(source=str(DATA / "harmful_mini.jsonl")),
                       "guide": DataSource(source=str(DATA / "safe_mini.jsonl"))},
@@ -100,12 +101,17 @@ def test_zero2_two_ranks(zero2):
 
 
 def test_zero3_matches_zero2(zero2, tmp_path):
-    """ZeRO-3 keeps a partition of each LoRA tensor per rank: the copies, the drift and the proximal
-    term (and its gradient) work on gathered tensors, so the run must follow the ZeRO-2 one."""
+    """ZeRO-3 keeps a partition of each LoRA tensor per rank (persistence threshold 0): the copies, the
+    drift and the proximal term (and its gradient) work on gathered tensors, so the run must follow
+    the ZeRO-2 one: same losses and proximal terms at every step, same drifts, same final adapter."""
     run = run_ranks(write_job_file(tmp_path, **common("zero3")), WORLD)
     print(f"Lisa ZeRO-3 (2 ranks, {STEPS} steps): {run.wall_s:.1f} s")
     ok(run)
     jd = JobDir(tmp_path)
+    # Really partitioned: every LoRA tensor sliced, none whole; rank 0 holds half of the elements.
+    part = json.loads(jd.result.read_text())["dist"]["zero3"]
+    assert part["trainable"] > 0 and part["partitioned"] == part["trainable"] and part["persistent"] == 0, part
+    assert part["local_numel"] * WORLD == part["full_numel"], part
     ref, got = per_step(zero2), per_step(jd)
     assert sorted(got) == sorted(ref) == list(range(1, STEPS + 1))
     for k in ref:
@@ -119,6 +125,13 @@ def test_zero3_matches_zero2(zero2, tmp_path):
         for n, t in ref_st[key].items():
             assert st[key][n].shape == t.shape
             torch.testing.assert_close(st[key][n], t, rtol=1e-3, atol=1e-5)
+    # The proximal gradient rho (theta - anchor) went into ZeRO-3's reduce-scatter like any other:
+    # after 10 steps (5 of them with the term on) theta itself is ZeRO-2's.
+    from safetensors.torch import load_file
+    a, b = load_file(zero2.adapter / "adapter_model.safetensors"), load_file(jd.adapter / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-3, atol=1e-5)
 
 
 def kill_rank_1_mid_run(job_file, jd: JobDir) -> list[int]:

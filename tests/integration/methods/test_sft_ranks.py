@@ -11,8 +11,9 @@ from launcher import checkpoints as ckpt
 from launcher import heartbeat
 from launcher.atomic import read_jsonl
 from launcher.layout import JobDir
-from launcher.spec import CheckpointSpec, DataSource, ModelSpec, Resources
-from tests.helpers import DATA, RankRun, deepspeed_config, run_ranks, save_random_adapter, tiny_training, write_job_file
+from launcher.spec import CheckpointSpec, DataSource, LoraSpec, ModelSpec, Resources
+from tests.helpers import (DATA, RankRun, deepspeed_config, run_ranks, save_random_adapter, tiny_training, write_job_file,
+                           zero3_partitioning)
 
 pytestmark = pytest.mark.integration
 WORLD = 2
@@ -84,13 +85,14 @@ def test_zero2_two_ranks_train_then_resume(tmp_path):
 
 
 def test_zero3_stacked_start_adapter_with_poison_mix(tmp_path):
-    """ZeRO-3 partitions the weights; the start adapter stays frozen under a new LoRA; the fine-tuning
-    set is the harmful mix (4 of 16 from data 'harmful', here the refusal data as a stand-in)."""
+    """ZeRO-3 partitions the weights, the new LoRA's too (persistence threshold 0); the start adapter
+    stays frozen under a new LoRA; the fine-tuning set is the harmful mix (4 of 16 from data
+    'harmful', here the refusal data as a stand-in)."""
     start = save_random_adapter(tmp_path / "stage1", model_seed=3)
     jd = JobDir(tmp_path / "job")
     training = tiny_training(batch_size=2, epochs=1)
     common = dict(
-        training=training, deepspeed=deepspeed_config("zero3", training, WORLD),
+        training=training, deepspeed=zero3_partitioning(training, WORLD),
         model=ModelSpec(tiny="llama", seed=3, adapter=str(start), adapter_mode="stack"),
         params={"template": "auto", "poison_ratio": 0.25, "sample_num": 16},
         data={"train": DataSource(source=str(DATA / "sst2_mini.jsonl")),
@@ -99,7 +101,10 @@ def test_zero3_stacked_start_adapter_with_poison_mix(tmp_path):
     run = run_ranks(write_job_file(jd.root, **common), WORLD, timeout=240)
     print(f"ZeRO-3 stacked adapter (2 ranks, 4 steps): {run.wall_s:.1f} s")
     _ok(run)
-    assert json.loads(jd.result.read_text())["metrics"]["global_step"] == 4
+    result = json.loads(jd.result.read_text())
+    assert result["metrics"]["global_step"] == 4
+    part = result["dist"]["zero3"]   # the trainable LoRA only: the start adapter is frozen
+    assert part["trainable"] > 0 and part["partitioned"] == part["trainable"] and part["persistent"] == 0, part
     seen = sorted(i for r in range(WORLD) for rec in _samples(jd, r, 1) for i in rec["ids"])
     assert seen == sorted([f"harmful:{i}" for i in range(4)] + [f"train:{i}" for i in range(12)])
     assert [ckpt.step_of(p) for p in ckpt.complete_checkpoints(jd.checkpoints)] == [2, 4]
@@ -122,3 +127,35 @@ def test_zero3_stacked_start_adapter_with_poison_mix(tmp_path):
     assert sorted(resumed_losses) == [3, 4]
     for step, loss in resumed_losses.items():
         assert loss == pytest.approx(first_losses[step], rel=1e-5, abs=1e-6)
+
+
+def test_zero3_partitioned_matches_zero2(tmp_path):
+    """The same 4 steps under ZeRO-2 (LoRA whole on each rank) and ZeRO-3 with every LoRA tensor
+    partitioned: the same losses and the same gathered adapter, within float tolerance."""
+    training = tiny_training(batch_size=2, epochs=1, lora=LoraSpec(r=4, alpha=8, dropout=0.0))
+    data = {"train": DataSource(source=str(DATA / "sst2_mini.jsonl"), limit=16)}
+    runs = {}
+    for stage, ds in (("zero2", deepspeed_config("zero2", training, WORLD)), ("zero3", zero3_partitioning(training, WORLD))):
+        jd = JobDir(tmp_path / stage)
+        run = run_ranks(write_job_file(jd.root, training=training, deepspeed=ds, data=data,
+                                       checkpoint=CheckpointSpec(every=100, keep=2),
+                                       resources=Resources(gpus_per_node=WORLD)), WORLD, timeout=240)
+        print(f"SFT {stage} (2 ranks, 4 steps): {run.wall_s:.1f} s")
+        _ok(run)
+        runs[stage] = jd
+    part = json.loads(runs["zero3"].result.read_text())["dist"]["zero3"]
+    assert part["partitioned"] == part["trainable"] > 0 and part["local_numel"] * WORLD == part["full_numel"], part
+    assert "zero3" not in json.loads(runs["zero2"].result.read_text())["dist"]
+    ref, got = _losses(runs["zero2"], 1), _losses(runs["zero3"], 1)
+    assert sorted(ref) == sorted(got) == [1, 2, 3, 4]
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=2e-5), step
+
+    from safetensors.torch import load_file
+
+    a = load_file(runs["zero2"].adapter / "adapter_model.safetensors")
+    b = load_file(runs["zero3"].adapter / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(v.abs().sum() > 0 for k, v in b.items() if "lora_B" in k)
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-6)
+
