@@ -26,7 +26,9 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from launcher import checkpoints, dsconfig, monitor, rundir, teardown
-from launcher.agent import RemoteAgent
+from launcher.node.group import BundleInfo
+from launcher.node.host import GroupHandle, bundle_info
+from launcher.node.pool import HostPool
 from launcher.atomic import read_json
 from launcher.journal import Decision, Journal, JournalError, ProcessRecord
 from launcher.layout import RunDir
@@ -46,6 +48,7 @@ from launcher.supervision.watch import LEARNED_PHASES, AttemptWatch, Observation
 
 log = logging.getLogger("launcher")
 POLL_S = 0.25
+EXIT_WAIT_S = 30.0   # one wait_exit call per node and attempt at a time, renewed when it times out
 RPC_TIMEOUT_S = teardown.RPC_TIMEOUT_S
 FINAL = tuple(s for s in JobState if s.is_terminal)
 LIVE = (JobState.PLACING, JobState.STARTING, JobState.RUNNING)   # an attempt that has not begun its release
@@ -63,8 +66,10 @@ class Attempt:
     pg: PlacementGroup
     held: list[dict[str, Any]] = field(default_factory=list)   # GPUs in our books: reserved, then placed
     ready_ref: Any = None             # pg.ready() once: each call schedules a new task in the group
+    info_refs: list[Any] = field(default_factory=list)   # bundle_info per bundle: its node and GPU ids
+    info_sent: float = 0.0
     start_refs: list[Any] = field(default_factory=list)
-    agents: list[Any] = field(default_factory=list)
+    agents: list[GroupHandle] = field(default_factory=list)   # the attempt's rank group on each node's host
     watch: AttemptWatch | None = None
     resumed_from: str | None = None
     start_step: int = 0
@@ -76,6 +81,7 @@ class Attempt:
     ended: bool = False               # ... and it is closed
     poll_refs: list[Any] | None = None
     poll_sent: float = 0.0
+    exit_refs: list[Any] = field(default_factory=list)   # resolve when a rank exits (or after EXIT_WAIT_S)
 
 
 @dataclass
@@ -124,7 +130,11 @@ class Driver:
         self.jobs = {name: JobRun(job, self.core) for name, job in plan.jobs.items()}
         self._load_history()
         self.stop_requested = threading.Event()
+        self.wake = threading.Event()   # set when a release finishes (a worker thread's event)
         self.releases = ThreadPoolExecutor(max_workers=8, thread_name_prefix="release")
+        self.planned_version = -1
+        self.hosts = HostPool(self.run_id)
+        self.hosts.start(n.node_id for n in shape.nodes if n.gpus > 0)
         rundir.make_reserve(rd)
 
     def _make_core(self, policy: str) -> Core:
@@ -183,7 +193,7 @@ class Driver:
                 self._place_ready()    # as many ready jobs as the policy starts now
                 for jr in self.jobs.values():
                     self._isolated(jr, self._step_job)
-                time.sleep(POLL_S)
+                self._wait_for_events()
         except JournalError as e:
             return self._journal_failed(e)
         except BaseException:
@@ -191,12 +201,52 @@ class Driver:
             raise
         finally:
             self.releases.shutdown(wait=False)
+            self.hosts.shutdown()
         rundir.free_reserve(self.rd)
         states = {jr.state for jr in self.jobs.values()}
         final = "succeeded" if states == {"succeeded"} else ("killed" if "killed" in states else "failed")
         self.journal.set_run(state=final, ended=time.time())
         self.journal.event("run", f"run {final}")
         return final
+
+    def _wait_for_events(self) -> None:
+        """Until something happens: a Ray reference the loop waits on resolves (a placement group
+        ready, ranks spawned, an agent's poll answered), a release ends, or the next poll is due.
+        What took a 0.25 s tick per step (end seen, released, placed, started) now follows at once."""
+        now = time.time()
+        refs: list[Any] = []
+        due = now + POLL_S
+        for jr in self.jobs.values():
+            a = jr.current
+            if a is None or a.ended:
+                continue
+            if jr.state == JobState.PLACING and a.ready_ref is not None:
+                refs.extend(a.info_refs or [a.ready_ref])
+            elif jr.state == JobState.STARTING:
+                refs.extend(a.start_refs)
+            elif jr.state == JobState.RUNNING:
+                refs.extend(a.exit_refs)
+                if a.poll_refs:
+                    refs.extend(a.poll_refs)
+                else:
+                    due = min(due, a.poll_sent + POLL_S)
+            elif jr.state == JobState.WAITING:
+                due = min(due, jr.retry_at)
+        deadline = max(now, due)
+        if self.core.version != self.planned_version:   # a job ended or came back: place at once
+            deadline = now
+        if refs:   # only what has not resolved yet: one already resolved would end every wait at once
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=0)
+        while not self.wake.is_set() and not self.stop_requested.is_set():
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            if refs:   # in slices: a release ends in a worker thread, not as a Ray reference
+                if ray.wait(refs, num_returns=1, timeout=min(left, 0.05))[0]:
+                    break
+            else:
+                self.wake.wait(min(left, 0.05))
+        self.wake.clear()
 
     def _step_job(self, jr: JobRun) -> None:
         if jr.state == JobState.PLACING:
@@ -313,6 +363,7 @@ class Driver:
         is retried by Ray with a growing back-off (minutes), long after the GPUs came free.
         """
         now = time.time()
+        self.planned_version = self.core.version
         planned = self.core.schedule(now)
         for p in planned.placements:
             self._isolated(self.jobs[p.name], lambda jr: self._place(jr, p, now))   # placed, or failed
@@ -360,10 +411,26 @@ class Driver:
         assert a is not None
         if a.ready_ref is None:
             a.ready_ref = a.pg.ready()
-        ready, _ = ray.wait([a.ready_ref], timeout=0)
-        if not ready:
-            return
         job, r = jr.job, jr.job.config.resources
+        if not a.info_refs:
+            ready, _ = ray.wait([a.ready_ref], timeout=0)
+            if not ready:
+                return
+            # Which node and GPU ids each bundle got: a zero-CPU task inside it, on a pre-started worker.
+            a.info_refs = [bundle_info.options(num_gpus=r.gpus_per_node, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=a.pg, placement_group_bundle_index=i)).remote() for i in range(r.nodes)]
+            a.info_sent = time.time()
+        done, _ = ray.wait(a.info_refs, num_returns=len(a.info_refs), timeout=0)
+        if len(done) < len(a.info_refs):
+            if time.time() - a.info_sent > RPC_TIMEOUT_S:
+                self._attempt_failed(jr, Observation("lost", detail="the GPUs of the placement group could not be "
+                                                                    f"read in {RPC_TIMEOUT_S:.0f}s"))
+            return
+        try:
+            bundles: list[BundleInfo] = ray.get(a.info_refs)
+        except RayError as e:
+            self._attempt_failed(jr, Observation("lost", detail=f"the placement group's bundles did not answer: {_cause(e)}"))
+            return
         still_bad = {p for p, ident in jr.bad_checkpoints.items() if checkpoints.identity(p) in (ident, "")}
         resume, rejected = checkpoints.newest_usable(self.rd.job(job.name).checkpoints, still_bad)
         for path, why in rejected:
@@ -382,21 +449,18 @@ class Driver:
         # oversubscribe the cores with (4x slower here); like torchrun, a rank gets its own share.
         env = {"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_rank))), **self.env.get(job.name, {})}
         try:
-            for i in range(r.nodes):
-                strat = PlacementGroupSchedulingStrategy(placement_group=a.pg, placement_group_bundle_index=i)
-                a.agents.append(RemoteAgent.options(
-                    name=f"{self.run_id}/{job.name}/node{i}", num_gpus=r.gpus_per_node,
-                    num_cpus=r.cpus_per_rank * r.gpus_per_node, scheduling_strategy=strat, max_restarts=0,
-                ).remote(self.run_id, job.name, a.n, i, list(range(i * r.gpus_per_node, (i + 1) * r.gpus_per_node)),
-                         r.world_size, str(self.rd.job(job.name).root)))
-            if r.nodes == 1:  # the agent picks its own address and port: one round trip
-                a.start_refs = [a.agents[0].start.remote(str(path), None, None, env)]
-            else:             # rank 0's agent publishes MASTER_ADDR and a free port to the others
-                info0 = ray.get(a.agents[0].info.remote(), timeout=RPC_TIMEOUT_S)
-                port = ray.get(a.agents[0].free_port.remote(), timeout=RPC_TIMEOUT_S)
-                a.start_refs = [ag.start.remote(str(path), info0["ip"], port, env) for ag in a.agents]
+            master: tuple[str | None, int | None] = (None, None)   # single node: the host picks its own
+            if r.nodes > 1:   # rank 0's node publishes MASTER_ADDR and a free port to the others
+                port = ray.get(self.hosts.host(bundles[0].node).free_port.remote(), timeout=RPC_TIMEOUT_S)
+                master = (bundles[0].ip, port)
+            for i, b in enumerate(bundles):
+                g = GroupHandle(self.hosts.host(b.node), f"{job.name}/{a.n}/node{i}")
+                a.agents.append(g)
+                a.start_refs.append(g.host.start.remote(
+                    g.key, job.name, a.n, i, list(range(i * r.gpus_per_node, (i + 1) * r.gpus_per_node)), r.world_size,
+                    str(self.rd.job(job.name).root), b, str(path), master[0], master[1], env))
         except (RayError, GetTimeoutError) as e:
-            self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
+            self._attempt_failed(jr, Observation("lost", detail=f"node host failed at start: {e}"))
             return
         a.start_issued = time.time()
         jr.state = JobState.STARTING
@@ -413,6 +477,7 @@ class Driver:
         try:
             replies = ray.get(a.start_refs)
         except RayActorError as e:
+            self._hosts_lost(a, a.start_refs)
             self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
             return
         except RayError as e:   # the spawn itself failed (OSError in the agent: no such file, fork limits)
@@ -427,6 +492,7 @@ class Driver:
         self.journal.set_attempt(job.name, a.n, state="running", placement=a.placement)
         self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
                                     for rep in replies for s in rep["ranks"]])
+        a.exit_refs = [ag.call("wait_exit", EXIT_WAIT_S) for ag in a.agents]
         jr.state = JobState.RUNNING
         where = "; ".join(f"{p['host']}:{p['node'][:8]} GPUs {','.join(p['gpus'])}" for p in a.placement)
         self._say(f"attempt {a.n} started on {where}" + (f", resuming from {Path(a.resumed_from).name}"
@@ -440,7 +506,11 @@ class Driver:
         a = jr.current
         assert a is not None and a.watch is not None
         if a.poll_refs is None:
-            a.poll_refs, a.poll_sent = [ag.poll.remote() for ag in a.agents], time.time()
+            exited = ray.wait(a.exit_refs, num_returns=len(a.exit_refs), timeout=0)[0] if a.exit_refs else []
+            if exited:   # a rank exited (or a wait ran out): look now, and wait again
+                a.exit_refs = [ag.call("wait_exit", EXIT_WAIT_S) for ag in a.agents]
+            if exited or time.time() - a.poll_sent >= POLL_S:   # paced: a poll answers in milliseconds
+                a.poll_refs, a.poll_sent = [ag.call("poll") for ag in a.agents], time.time()
             return
         done, _ = ray.wait(a.poll_refs, num_returns=len(a.poll_refs), timeout=0)
         if len(done) < len(a.poll_refs):
@@ -451,6 +521,7 @@ class Driver:
         try:
             reports = ray.get(refs)
         except RayActorError as e:
+            self._hosts_lost(a, refs)
             self._attempt_failed(jr, Observation("lost", detail=f"node agent lost: {type(e).__name__}"))
             return
         except RayError as e:   # the agent is there but its poll raised: this attempt cannot be watched
@@ -477,6 +548,16 @@ class Driver:
             self._attempt_done(jr, obs)
         else:
             self._attempt_failed(jr, obs)
+
+    def _hosts_lost(self, a: Attempt, refs: list[Any]) -> None:
+        """Which of the attempt's hosts died (all its refs are resolved): the next job there gets a new one."""
+        for g, ref in zip(a.agents, refs):
+            try:
+                ray.get(ref, timeout=0)
+            except RayActorError:
+                self.hosts.lost(g.host)
+            except (RayError, GetTimeoutError):
+                pass
 
     def _record_progress(self, jr: JobRun, obs: Observation) -> None:
         a = jr.current
@@ -519,6 +600,7 @@ class Driver:
         a.poll_refs = None
         future = self.releases.submit(teardown.release, self.run_id, list(a.agents), a.pg, grace, dump_stacks, sweeps,
                                       verify)
+        future.add_done_callback(lambda _f: self.wake.set())
         jr.stopping = Stopping(future, then)
         jr.state = JobState.STOPPING
 

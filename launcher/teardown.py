@@ -1,4 +1,4 @@
-"""Releasing one attempt: py-spy stacks (for a hang), stop the ranks, free agents and placement group.
+"""Releasing one attempt: py-spy stacks (for a hang), stop the ranks, close its rank groups, free the placement group.
 
 This is the slow part of a restart (py-spy up to 20 s a rank, TERM grace, the GPU-memory release
 wait up to a minute), so it runs in a worker thread while the driver's loop goes on watching and
@@ -18,7 +18,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from launcher import checkpoints
-from launcher.agent import sweep_node
+from launcher.node.host import GroupHandle, sweep_node
 
 RPC_TIMEOUT_S = 60.0
 
@@ -49,7 +49,7 @@ class SweepTarget:
     records: list[tuple[int, float, bool]]   # (pid, create_time, is_rank_leader)
 
 
-def release(run_id: str, agents: list[Any], pg: PlacementGroup | None, grace: float, dump_stacks: bool,
+def release(run_id: str, agents: list[GroupHandle], pg: PlacementGroup | None, grace: float, dump_stacks: bool,
             sweeps: dict[int, SweepTarget], verify: Path | None = None) -> Released:
     """Blocking; meant for a worker thread. Every step is bounded by a timeout, and an agent that
     cannot answer has its node swept from the journal's records by a task pinned to that node.
@@ -57,10 +57,10 @@ def release(run_id: str, agents: list[Any], pg: PlacementGroup | None, grace: fl
     out = Released()
     if dump_stacks:   # stacks first, so the cause of a hang can be found, then no long grace
         try:
-            ray.get([ag.dump_stacks.remote() for ag in agents], timeout=RPC_TIMEOUT_S)
+            ray.get([ag.call("dump_stacks") for ag in agents], timeout=RPC_TIMEOUT_S)
         except (RayError, GetTimeoutError) as e:
             out.notes.append(f"could not dump stacks: {type(e).__name__}")
-    refs = [ag.stop.remote(grace) for ag in agents]
+    refs = [ag.call("stop", grace) for ag in agents]
     for i, ref in enumerate(refs):
         try:
             res = ray.get(ref, timeout=grace + 120)
@@ -74,11 +74,11 @@ def release(run_id: str, agents: list[Any], pg: PlacementGroup | None, grace: fl
         rel = res.get("release")
         if rel and not rel["released"]:
             out.unreleased.append(Unreleased(i, res["gpus"], rel["waited_s"], rel["still_held"], rel["job_pids_on_gpu"]))
-    for ag in agents:
+    for ag in agents:   # the host lives on for the run's other jobs: only this group goes
         try:
-            ray.kill(ag, no_restart=True)
+            ag.close()
         except (RayError, ValueError):
-            pass   # already gone
+            pass   # its host is gone
     if pg is not None:
         remove_placement_group(pg)
     if verify is not None:

@@ -41,6 +41,7 @@ class Core:
         self.estimates = {n: j.estimate_s for n, j in self.jobs.items()}
         self.holdings: dict[str, Holding] = {}
         self.quarantined: list[tuple[str, int]] = []   # GPUs whose memory never came back: held for good
+        self.version = 0    # grows when a pass could place something new: a job ready or ended, GPUs back
         self._ready: set[str] = set()
         self.queue = ReadyQueue()
         self._blocked: set[str] = {n for n in self.jobs if self._is_blocked(n)}
@@ -58,6 +59,8 @@ class Core:
         if new == old:
             return
         self._unready(name)
+        if new == JobState.PENDING or new.is_terminal:
+            self.version += 1
         if new == JobState.PENDING and self._is_ready(name):
             self._make_ready(name)
         if new == JobState.PENDING and self._is_blocked(name):
@@ -149,6 +152,7 @@ class Core:
         h = self.holdings.pop(name, None)
         if h is None:
             return
+        self.version += 1
         kept = list(keep)
         self.books.hold_gpus(h.gpus, -1)
         self.books.hold_gpus(kept)

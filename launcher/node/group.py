@@ -1,9 +1,9 @@
-"""NodeAgent: the Ray actor that owns one node's share of a job's ranks.
+"""RankGroup: one node's share of one attempt's ranks, held by that node's long-lived NodeHost.
 
-One agent per placement-group bundle (one bundle per node). It spawns the local rank
-processes, reads their heartbeats, reports exits with the tail of their logs, and kills their
-process trees on request. Training never runs inside the actor: a rank stuck in a collective
-cannot be interrupted from inside, but its process group can be killed whole.
+It spawns the local rank processes, reads their heartbeats, reports exits with the tail of their
+logs, and kills their process trees on request. Training never runs inside the host: a rank stuck
+in a collective cannot be interrupted from inside, but its process group can be killed whole.
+The GPUs are the ones Ray reserved for the job's placement-group bundle (see node/host.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
 
 from launcher import agentlog, heartbeat, monitor, oomkill, procs, release
 from launcher.layout import JobDir
@@ -49,6 +48,12 @@ class AgentReport:
     time: float = field(default_factory=time.time)
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def tail(path: Path, lines: int = 40) -> list[str]:
     try:
         with open(path, "rb") as f:
@@ -59,9 +64,19 @@ def tail(path: Path, lines: int = 40) -> list[str]:
         return []
 
 
-class NodeAgent:
+@dataclass(frozen=True)
+class BundleInfo:
+    """Where a placement-group bundle is and which GPUs Ray reserved in it (a task inside it said)."""
+    node: str
+    ip: str
+    host: str
+    gpus: tuple[str, ...]
+
+
+class RankGroup:
     def __init__(self, run_id: str, job: str, attempt: int, node_rank: int, ranks: list[int], world_size: int,
-                 job_dir: str):
+                 job_dir: str, bundle: BundleInfo):
+        self.bundle = bundle
         self.run_id, self.job, self.attempt = run_id, job, attempt
         self.node_rank, self.ranks, self.world_size = node_rank, ranks, world_size
         self.jd = JobDir(Path(job_dir))
@@ -70,21 +85,15 @@ class NodeAgent:
         self.probe = None
         self.oom: dict[int, oomkill.OomCounter | None] = {}   # rank -> its OOM counter, as of the last poll
         self.oom_killed: dict[int, str | None] = {}           # rank -> decided once, when its exit is first seen
+        self.exits_seen = 0                                   # ranks exited as of wait_exit's last return
         # The agent's own output (monitor errors, tracebacks) into the run directory, not only Ray's temp dir.
         self.own_log = agentlog.open_agent_log(agentlog.agent_log(self.jd, attempt, node_rank),
                                                f"agent of {job} attempt {attempt} node rank {node_rank} "
                                                f"(ranks {ranks}) in run {run_id}")
 
     def info(self) -> dict[str, Any]:
-        ctx = ray.get_runtime_context()
-        gpus = [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
-        return {"node": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(), "host": socket.gethostname(),
-                "gpus": gpus, "pid": os.getpid()}
-
-    def free_port(self) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            return s.getsockname()[1]
+        b = self.bundle
+        return {"node": b.node, "ip": b.ip, "host": b.host, "gpus": list(b.gpus), "pid": os.getpid()}
 
     def start(self, job_file: str, master_addr: str | None, master_port: int | None,
               extra_env: dict[str, str]) -> dict[str, Any]:
@@ -93,7 +102,7 @@ class NodeAgent:
         time.sleep(float(os.environ.get("SL_FAULT_AGENT_START_DELAY_S", "0")))
         info = self.info()
         master_addr = master_addr or info["ip"]
-        master_port = master_port or self.free_port()
+        master_port = master_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_ADDRESS"}
         env.update(extra_env)
         # All local ranks see the job's GPUs on this node; LOCAL_RANK picks one (NCCL peer-to-peer).
@@ -124,6 +133,19 @@ class NodeAgent:
         monitor.attach(self)   # memory sampler thread: gpu_mem.csv / peak_mem.csv / Ray gauges
         return {"info": info, "ranks": started}
 
+    def wait_exit(self, timeout: float) -> bool:
+        """Block (in one of the host's threads) until one more rank has exited than at the last
+        return, or `timeout` passes: the driver waits on this call's reference, so an exit is seen
+        at once, not at the next poll."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            exited = sum(proc.poll() is not None for proc, _ in self.children.values())
+            if exited > self.exits_seen:
+                self.exits_seen = exited
+                return True
+            time.sleep(0.02)
+        return False
+
     def poll(self) -> dict[str, Any]:
         ranks, new = [], []
         for rank, (proc, owned) in self.children.items():
@@ -145,7 +167,7 @@ class NodeAgent:
             ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, hb_dict,
                                     tail(self.jd.rank_log(self.attempt, rank)) if code is not None else [],
                                     self.oom_killed.get(rank)))
-        return asdict(AgentReport(node=ray.get_runtime_context().get_node_id(), ranks=ranks, new_children=new))
+        return asdict(AgentReport(node=self.bundle.node, ranks=ranks, new_children=new))
 
     def dump_stacks(self) -> list[int]:
         """py-spy dump of every live rank into its own log, before a hung rank is killed."""
@@ -166,6 +188,10 @@ class NodeAgent:
             dumped.append(owned.pid)
         return dumped
 
+    def close(self) -> None:
+        """The group is over (its ranks stopped): its log stops receiving the host's output."""
+        agentlog.close_agent_log(self.own_log)
+
     def stop(self, grace: float = 10.0) -> dict[str, Any]:
         """TERM → grace → KILL the rank groups, then sweep every descendant we ever saw."""
         leaders = [owned for _, owned in self.children.values()]
@@ -180,17 +206,3 @@ class NodeAgent:
             self.probe = None
         return {"exit_codes": codes, "still_alive": [o.pid for o in alive],
                 "release": asdict(freed) if freed else None, "gpus": getattr(self, "gpus", [])}
-
-
-RemoteAgent = ray.remote(NodeAgent)
-
-
-@ray.remote(num_cpus=0)
-def sweep_node(run_id: str, records: list[tuple[int, float, bool]]) -> list[int]:
-    """Kill what a lost agent left on its node: each recorded (pid, create_time, is_rank_leader) is
-    verified (create time and run marker) before it is signalled."""
-    owned = [procs.Owned(pid, ct) for pid, ct, _ in records]
-    alive = [o for o in owned if o.process(run_id) is not None]
-    leaders = [procs.Owned(pid, ct) for pid, ct, lead in records if lead]
-    procs.terminate_tree(leaders, alive, run_id, grace=2.0)
-    return [o.pid for o in alive]

@@ -31,3 +31,23 @@ def test_agent_output_and_monitor_logging_reach_the_file(tmp_path: Path, capsys)
     assert "hello from the agent" in captured.out and "an error line" in captured.err
     print("after close")
     assert "after close" not in path.read_text()
+
+
+def test_two_groups_in_one_host_each_get_every_line_once(tmp_path: Path) -> None:
+    import logging
+    import sys
+    a = open_agent_log(tmp_path / "a.log", "group a")
+    b = open_agent_log(tmp_path / "b.log", "group b")
+    try:
+        print("both open")
+        logging.getLogger("launcher.test").warning("logged once")
+    finally:
+        close_agent_log(a)
+    print("only b")
+    close_agent_log(b)
+    print("neither")
+    a_text, b_text = (tmp_path / "a.log").read_text(), (tmp_path / "b.log").read_text()
+    assert a_text.count("both open") == 1 and b_text.count("both open") == 1
+    assert a_text.count("logged once") == 1 and b_text.count("logged once") == 1
+    assert "only b" not in a_text and "only b" in b_text and "neither" not in b_text
+    assert not hasattr(sys.stdout, "streams")

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
-from launcher.agent import RankStatus
+from launcher.node.group import RankStatus
 from launcher.heartbeat import Heartbeat
 from launcher.spec import HangSpec
 from launcher.supervision.watch import AttemptWatch
