@@ -34,7 +34,8 @@ def launch_parser(prog: str = "sl launch") -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="name of the run directory (default: <plan>-<time>-<random>)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default: localhost only)")
-    p.add_argument("--dashboard-port", type=int, default=8265)
+    p.add_argument("--dashboard-port", type=int, default=None,
+                   help="dashboard port (default: 8265, or the next free one when another run has it)")
     p.add_argument("--detach", action="store_true", help="run the driver in its own session and return at once")
     p.add_argument("--json", action="store_true",
                    help="with --detach: print the run id, directory, driver pid and log as JSON")

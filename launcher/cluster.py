@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ class ClusterOptions:
     gpu_type: str | None = None           # type declared for the local node (simulation)
     dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
+    dashboard_port: int | None = None     # None: 8265, or the next free port (another run on this machine has it)
     namespace: str = "safety-launcher"
 
 
@@ -52,6 +53,23 @@ def planned_local_shape(opts: ClusterOptions) -> tuple[ClusterShape, int | None]
     return ClusterShape.single(n, opts.gpu_type), n
 
 
+DASHBOARD_PORT = 8265
+
+
+def free_dashboard_port(host: str, first: int = DASHBOARD_PORT, tries: int = 50) -> int:
+    """Ray's default port, or the next one free on `host`: a second run on the same server must not
+    fail because the first one's dashboard is up (Ray refuses an occupied port)."""
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free dashboard port in {first}-{first + tries - 1} on {host}: pass --dashboard-port or "
+                       "--no-dashboard")
+
+
 def start(opts: ClusterOptions, declare_gpus: int | None) -> Any:
     import ray
 
@@ -60,10 +78,13 @@ def start(opts: ClusterOptions, declare_gpus: int | None) -> Any:
     resources = {f"accelerator_type:{opts.gpu_type}": 1.0} if opts.gpu_type else None
     # Simulated GPUs are logical: give Ray enough logical CPUs that CPU never limits placement.
     num_cpus = max(os.cpu_count() or 1, 2 * (declare_gpus or 0)) if declare_gpus else None
+    port = opts.dashboard_port
+    if opts.dashboard and port is None:
+        port = free_dashboard_port(opts.dashboard_host)
     # address="local": always a fresh Ray owned by this driver, never whatever cluster happens to run here.
     return ray.init(address="local", num_gpus=declare_gpus, num_cpus=num_cpus, resources=resources, namespace=opts.namespace,
                     include_dashboard=opts.dashboard, dashboard_host=opts.dashboard_host,
-                    dashboard_port=opts.dashboard_port, log_to_driver=False)
+                    dashboard_port=port or DASHBOARD_PORT, log_to_driver=False)
 
 
 def shape_from_ray() -> ClusterShape:

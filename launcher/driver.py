@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
-from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from launcher import checkpoints, dsconfig, monitor, rundir, teardown
@@ -68,6 +68,9 @@ class Attempt:
     ready_ref: Any = None             # pg.ready() once: each call schedules a new task in the group
     info_refs: list[Any] = field(default_factory=list)   # bundle_info per bundle: its node and GPU ids
     info_sent: float = 0.0
+    bundle_key: tuple[Any, ...] = ()   # what the placement group's bundles are: which spare one fits
+    reused: bool = False               # the placement group came from a job that just ended
+    keep_pg: bool = False
     start_refs: list[Any] = field(default_factory=list)
     agents: list[GroupHandle] = field(default_factory=list)   # the attempt's rank group on each node's host
     watch: AttemptWatch | None = None
@@ -82,6 +85,18 @@ class Attempt:
     poll_refs: list[Any] | None = None
     poll_sent: float = 0.0
     exit_refs: list[Any] = field(default_factory=list)   # resolve when a rank exits (or after EXIT_WAIT_S)
+    exits_recorded: set[int] = field(default_factory=set)   # rank pids whose end the journal has
+
+
+@dataclass(frozen=True)
+class SparePg:
+    """A placement group whose job ended and whose GPUs were verified free: reused as it is by the
+    next placement of the same bundles on the same nodes, removed after the pass otherwise. Ray
+    retries a placement group that was created right after another was removed about a second
+    later; a reused one is ready at once, and the GPUs never leave this run's reservation."""
+    pg: PlacementGroup
+    key: tuple[Any, ...]
+    nodes: tuple[str, ...]
 
 
 @dataclass
@@ -133,6 +148,7 @@ class Driver:
         self.wake = threading.Event()   # set when a release finishes (a worker thread's event)
         self.releases = ThreadPoolExecutor(max_workers=8, thread_name_prefix="release")
         self.planned_version = -1
+        self.spare_pgs: list[SparePg] = []
         self.hosts = HostPool(self.run_id)
         self.hosts.start(n.node_id for n in shape.nodes if n.gpus > 0)
         rundir.make_reserve(rd)
@@ -201,6 +217,7 @@ class Driver:
             raise
         finally:
             self.releases.shutdown(wait=False)
+            self._drop_spare_pgs()
             self.hosts.shutdown()
         rundir.free_reserve(self.rd)
         states = {jr.state for jr in self.jobs.values()}
@@ -220,8 +237,8 @@ class Driver:
             a = jr.current
             if a is None or a.ended:
                 continue
-            if jr.state == JobState.PLACING and a.ready_ref is not None:
-                refs.extend(a.info_refs or [a.ready_ref])
+            if jr.state == JobState.PLACING:
+                refs.extend(a.info_refs or ([a.ready_ref] if a.ready_ref is not None else []))
             elif jr.state == JobState.STARTING:
                 refs.extend(a.start_refs)
             elif jr.state == JobState.RUNNING:
@@ -367,6 +384,7 @@ class Driver:
         planned = self.core.schedule(now)
         for p in planned.placements:
             self._isolated(self.jobs[p.name], lambda jr: self._place(jr, p, now))   # placed, or failed
+        self._drop_spare_pgs()   # not taken by this pass: other runs and users may have the GPUs
         if planned.placements:
             return
         ready = self.core.ready()
@@ -387,16 +405,28 @@ class Driver:
         if r.gpu_type:
             bundle[f"accelerator_type:{r.gpu_type}"] = 0.001
         strategy = "STRICT_PACK" if r.nodes == 1 else "STRICT_SPREAD"
-        pg = placement_group([dict(bundle) for _ in range(r.nodes)], strategy=strategy,
-                             name=f"{self.run_id}/{jr.job.name}/{jr.attempts + 1}",
-                             _soft_target_node_id=p.nodes[0] if r.nodes == 1 else None)
+        key = (tuple(sorted(bundle.items())), strategy, r.nodes)
+        spare = next((sp for sp in self.spare_pgs if sp.key == key and sorted(sp.nodes) == sorted(p.nodes)), None)
+        if spare is not None:
+            self.spare_pgs.remove(spare)
+            pg = spare.pg
+        else:
+            pg = placement_group([dict(bundle) for _ in range(r.nodes)], strategy=strategy,
+                                 name=f"{self.run_id}/{jr.job.name}/{jr.attempts + 1}",
+                                 _soft_target_node_id=p.nodes[0] if r.nodes == 1 else None)
         jr.attempts += 1
-        jr.current = Attempt(n=jr.attempts, pg=pg, held=[{"node": n, "gpus": [""] * r.gpus_per_node} for n in p.nodes])
+        jr.current = Attempt(n=jr.attempts, pg=pg, held=[{"node": n, "gpus": [""] * r.gpus_per_node} for n in p.nodes],
+                             bundle_key=key, reused=spare is not None)
         self.core.hold(p, now)
         jr.first_step = None
         jr.state = JobState.PLACING
         self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
                   f"(attempt {jr.attempts})", jr.job.name)
+
+    def _drop_spare_pgs(self) -> None:
+        for sp in self.spare_pgs:
+            remove_placement_group(sp.pg)
+        self.spare_pgs.clear()
 
     def _fail_unplaceable(self, jr: JobRun) -> None:
         """Rather than wait forever: the GPUs this job needs are held by memory an earlier job leaked."""
@@ -409,12 +439,11 @@ class Driver:
         """Placement group ready: create the agents and ask them to spawn the ranks (not waited on)."""
         a = jr.current
         assert a is not None
-        if a.ready_ref is None:
+        if a.ready_ref is None and not a.reused:
             a.ready_ref = a.pg.ready()
         job, r = jr.job, jr.job.config.resources
         if not a.info_refs:
-            ready, _ = ray.wait([a.ready_ref], timeout=0)
-            if not ready:
+            if not a.reused and not ray.wait([a.ready_ref], timeout=0)[0]:
                 return
             # Which node and GPU ids each bundle got: a zero-CPU task inside it, on a pre-started worker.
             a.info_refs = [bundle_info.options(num_gpus=r.gpus_per_node, scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -528,6 +557,10 @@ class Driver:
             self._attempt_failed(jr, Observation("lost", detail=f"node agent failed to report: {_cause(e)}"))
             return
         ranks = [r for rep in reports for r in rep["ranks"]]
+        for r in ranks:   # each rank's end on record: the benchmarks' bounds count the ranks' own time
+            if r["exit_code"] is not None and r["pid"] not in a.exits_recorded:
+                a.exits_recorded.add(r["pid"])
+                self.journal.end_process(jr.job.name, a.n, r["pid"], r["exit_code"], r.get("exited_at"))
         children = [ProcessRecord(jr.job.name, a.n, rank, rep["node"], pid, ct, None, "child")
                     for rep in reports for pid, ct, rank in rep["new_children"]]
         if children:
@@ -589,8 +622,10 @@ class Driver:
     # ------------------------------------------------------------------ releasing and ending
 
     def _begin_release(self, jr: JobRun, grace: float, dump_stacks: bool,
-                       then: Callable[[teardown.Released], None], verify: Path | None = None) -> None:
-        """Hand the attempt's release to a worker thread; `then` runs in this thread when it is over."""
+                       then: Callable[[teardown.Released], None], verify: Path | None = None,
+                       keep_pg: bool = False) -> None:
+        """Hand the attempt's release to a worker thread; `then` runs in this thread when it is over.
+        keep_pg: the placement group is not removed but offered to the next placement (`_released`)."""
         a = jr.current
         assert a is not None
         recs = self.journal.processes(job=jr.job.name, attempt=a.n)
@@ -598,8 +633,9 @@ class Driver:
                                                       if r.node == p["node"]])
                   for i, p in enumerate(a.placement)}
         a.poll_refs = None
-        future = self.releases.submit(teardown.release, self.run_id, list(a.agents), a.pg, grace, dump_stacks, sweeps,
-                                      verify)
+        a.keep_pg = keep_pg
+        future = self.releases.submit(teardown.release, self.run_id, list(a.agents), None if keep_pg else a.pg, grace,
+                                      dump_stacks, sweeps, verify)
         future.add_done_callback(lambda _f: self.wake.set())
         jr.stopping = Stopping(future, then)
         jr.state = JobState.STOPPING
@@ -638,6 +674,11 @@ class Driver:
             self._say(f"GPUs {u.gpus} on node {node} not released after {u.waited_s:.0f}s (held MiB {u.still_held}, "
                       f"pids {u.job_pids_on_gpu}); kept out of scheduling", name, kind="release")
         self.core.release(name, keep=[(h["node"], len(h["gpus"])) for h in a.held if h in self.quarantined])
+        if a.keep_pg:   # GPUs verified free: the next job of this shape there takes the reservation as it is
+            if res.unreleased or not a.placement:
+                remove_placement_group(a.pg)
+            else:
+                self.spare_pgs.append(SparePg(a.pg, a.bundle_key, tuple(p["node"] for p in a.placement)))
         a.held = []
         monitor.write_run_peaks(self.rd, rebuild=False)
 
@@ -656,7 +697,7 @@ class Driver:
                   kind="kill" if state == "killed" else "failure")
 
     def _attempt_done(self, jr: JobRun, obs: Observation) -> None:
-        self._begin_release(jr, grace=5.0, dump_stacks=False, then=lambda _res: self._finish_done(jr, obs))
+        self._begin_release(jr, grace=5.0, dump_stacks=False, then=lambda _res: self._finish_done(jr, obs), keep_pg=True)
 
     def _finish_done(self, jr: JobRun, obs: Observation) -> None:
         a = jr.current

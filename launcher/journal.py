@@ -175,10 +175,10 @@ class Journal:
             db.executemany("INSERT INTO processes(job, attempt, rank, node, pid, create_time, pgid, role) VALUES (?,?,?,?,?,?,?,?)",
                            [(p.job, p.attempt, p.rank, p.node, p.pid, p.create_time, p.pgid, p.role) for p in procs])
 
-    def end_process(self, job: str, attempt: int, pid: int, exit_code: int | None) -> None:
+    def end_process(self, job: str, attempt: int, pid: int, exit_code: int | None, ended: float | None = None) -> None:
         with self.tx() as db:
             db.execute("UPDATE processes SET ended=?, exit_code=? WHERE job=? AND attempt=? AND pid=? AND ended IS NULL",
-                       (time.time(), exit_code, job, attempt, pid))
+                       (ended or time.time(), exit_code, job, attempt, pid))
 
     def record_checkpoint(self, job: str, attempt: int, step: int, path: str, complete: bool) -> None:
         with self.tx() as db:

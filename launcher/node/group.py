@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 from launcher import agentlog, heartbeat, monitor, oomkill, procs, release
@@ -38,6 +38,7 @@ class RankStatus:
     heartbeat: dict[str, Any] | None
     log_tail: list[str] = field(default_factory=list)
     oom_killed: str | None = None      # the kernel's OOM killer ended it (see launcher.oomkill)
+    exited_at: float | None = None     # when this host first saw it gone (wait_exit looks every 20 ms)
 
 
 @dataclass
@@ -75,8 +76,8 @@ class BundleInfo:
 
 class RankGroup:
     def __init__(self, run_id: str, job: str, attempt: int, node_rank: int, ranks: list[int], world_size: int,
-                 job_dir: str, bundle: BundleInfo):
-        self.bundle = bundle
+                 job_dir: str, bundle: BundleInfo, spawn: Callable[..., tuple[Any, procs.Owned]] = procs.spawn):
+        self.bundle, self.spawn = bundle, spawn
         self.run_id, self.job, self.attempt = run_id, job, attempt
         self.node_rank, self.ranks, self.world_size = node_rank, ranks, world_size
         self.jd = JobDir(Path(job_dir))
@@ -86,6 +87,7 @@ class RankGroup:
         self.oom: dict[int, oomkill.OomCounter | None] = {}   # rank -> its OOM counter, as of the last poll
         self.oom_killed: dict[int, str | None] = {}           # rank -> decided once, when its exit is first seen
         self.exits_seen = 0                                   # ranks exited as of wait_exit's last return
+        self.exited_at: dict[int, float] = {}
         # The agent's own output (monitor errors, tracebacks) into the run directory, not only Ray's temp dir.
         self.own_log = agentlog.open_agent_log(agentlog.agent_log(self.jd, attempt, node_rank),
                                                f"agent of {job} attempt {attempt} node rank {node_rank} "
@@ -124,7 +126,7 @@ class RankGroup:
                         MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), SL_NODE_ID=info["node"],
                         SL_ATTEMPT=str(self.attempt), SL_JOB=self.job, **{procs.RUN_MARKER: self.run_id})
             log = self.jd.rank_log(self.attempt, rank)
-            proc, owned = procs.spawn([sys.executable, "-u", "-m", "methods", job_file], renv, log, REPO_ROOT)
+            proc, owned = self.spawn([sys.executable, "-u", "-m", "methods", job_file], renv, log, REPO_ROOT)
             self.children[rank] = (proc, owned)
             self.known[owned.pid] = owned
             self.oom[rank] = oomkill.read(owned.pid)
@@ -133,13 +135,19 @@ class RankGroup:
         monitor.attach(self)   # memory sampler thread: gpu_mem.csv / peak_mem.csv / Ray gauges
         return {"info": info, "ranks": started}
 
+    def _exited(self, rank: int) -> bool:
+        if self.children[rank][0].poll() is None:
+            return False
+        self.exited_at.setdefault(rank, time.time())
+        return True
+
     def wait_exit(self, timeout: float) -> bool:
         """Block (in one of the host's threads) until one more rank has exited than at the last
         return, or `timeout` passes: the driver waits on this call's reference, so an exit is seen
         at once, not at the next poll."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            exited = sum(proc.poll() is not None for proc, _ in self.children.values())
+            exited = sum(self._exited(rank) for rank in self.children)
             if exited > self.exits_seen:
                 self.exits_seen = exited
                 return True
@@ -164,9 +172,11 @@ class RankGroup:
                 self.oom_killed[rank] = oomkill.oom_killed(self.oom.get(rank), code)
             hb = heartbeat.read(self.jd.heartbeat(rank))
             hb_dict = asdict(hb) if hb and hb.attempt == self.attempt else None
+            if code is not None:
+                self.exited_at.setdefault(rank, time.time())
             ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, hb_dict,
                                     tail(self.jd.rank_log(self.attempt, rank)) if code is not None else [],
-                                    self.oom_killed.get(rank)))
+                                    self.oom_killed.get(rank), self.exited_at.get(rank)))
         return asdict(AgentReport(node=self.bundle.node, ranks=ranks, new_children=new))
 
     def dump_stacks(self) -> list[int]:

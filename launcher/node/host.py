@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,12 @@ class NodeHost:
         self.run_id = run_id
         self.slots: dict[str, _Slot] = {}
         self.guard = threading.Lock()
+        # Ranks are forked from this one thread, alive as long as the host: their parent-death signal
+        # (procs.spawn) fires when the forking *thread* ends, and the actor's call threads are Ray's.
+        self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+    def _spawn(self, *args: Any, **kwargs: Any) -> tuple[Any, procs.Owned]:
+        return self.spawner.submit(procs.spawn, *args, **kwargs).result()
 
     def ping(self) -> dict[str, Any]:
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "groups": sorted(self.slots)}
@@ -61,7 +68,8 @@ class NodeHost:
         with slot.lock:
             if slot.stopped:
                 raise RuntimeError(f"{key} was stopped before its ranks were started")
-            slot.group = RankGroup(self.run_id, job, attempt, node_rank, ranks, world_size, job_dir, bundle)
+            slot.group = RankGroup(self.run_id, job, attempt, node_rank, ranks, world_size, job_dir, bundle,
+                                   self._spawn)
             return slot.group.start(job_file, master_addr, master_port, env)
 
     def call(self, key: str, method: str, *args: Any) -> Any:

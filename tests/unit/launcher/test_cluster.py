@@ -28,3 +28,15 @@ def test_no_gpu_here_simulates_two_by_default_or_what_is_asked() -> None:
     assert declare == 2 and shape.nodes[0].gpus == 2
     shape, declare = planned_local_shape(ClusterOptions(simulate_gpus=4, gpu_type="H20"))
     assert declare == 4 and (shape.nodes[0].gpus, shape.nodes[0].gpu_type) == (4, "H20")
+
+
+def test_a_busy_dashboard_port_moves_to_the_next_free_one() -> None:
+    import socket
+
+    from launcher.cluster import free_dashboard_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        got = free_dashboard_port("127.0.0.1", first=busy, tries=20)
+        assert got != busy and busy < got < busy + 20
