@@ -195,7 +195,7 @@ def run_hs(ctx: Context, params: EvalHSParams) -> EvalResult | None:
     if params.moderation_model:
         judge: KeywordJudge | ModerationJudge = ModerationJudge(
             params.moderation_model, ctx.device, ctx.dtype, params.moderation_max_length, params.threshold,
-            params.moderation_batch_size, params.moderation_mode)
+            params.moderation_batch_size or 16, params.moderation_mode)
     else:
         judge = KeywordJudge()
     verdicts = judge.judge([records[i].instruction for i in mine], answers, on_batch=ctx.progress.stage)

@@ -64,14 +64,17 @@ class EvalHSParams(EvalParams):
     moderation_mode: Literal["official", "batched"] = Field(
         "official", description="official: fp32, one text at a time, exactly as eval_sentiment.py | "
                                 "batched: the job's dtype (bf16 on GPUs), moderation_batch_size texts per forward")
-    moderation_batch_size: int = Field(16, ge=1, description="texts per forward (moderation_mode: batched only)")
+    # None rather than 16: the launcher writes every param into the job file, so a default would
+    # read as set when the rank validates it again.
+    moderation_batch_size: int | None = Field(None, ge=1, description="texts per forward (moderation_mode: batched "
+                                                                      "only; default 16)")
     moderation_max_length: int = Field(256, ge=8, description="eval_sentiment.py loads it with model_max_length=256")
     threshold: float = Field(0.5, gt=0, lt=1, description="flagged when the largest category probability exceeds this")
 
     @model_validator(mode="after")
     def _batch_size_needs_batched(self) -> "EvalHSParams":
         # A batch size the official mode would silently ignore is a plan that does not do what it says.
-        if "moderation_batch_size" in self.model_fields_set and self.moderation_mode == "official":
+        if self.moderation_batch_size is not None and self.moderation_mode == "official":
             raise ValueError("moderation_batch_size applies to moderation_mode: batched only (official scores one "
                              "text at a time, in fp32, as eval_sentiment.py); set moderation_mode: batched or "
                              "drop moderation_batch_size")

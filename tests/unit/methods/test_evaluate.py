@@ -236,6 +236,24 @@ def test_moderation_params_are_plan_problems_naming_file_key_and_fix(tmp_path, p
     assert load_plan(path, None, cluster=ClusterShape.single(2)).jobs
 
 
+@pytest.mark.parametrize("params", ["template: auto", "moderation_mode: batched",
+                                    "moderation_mode: batched, moderation_batch_size: 4"])
+def test_moderation_params_survive_the_job_file_round_trip(tmp_path, params):
+    """The launcher writes every validated param (defaults too) into the job file and the rank
+    validates them again: that second validation must accept what the plan's produced."""
+    from launcher.plan import load_plan
+    from launcher.resources import ClusterShape
+    from methods.params import EvalHSParams
+
+    (tmp_path / "hs.jsonl").write_text('{"prompt": "q"}\n')
+    path = tmp_path / "plan.yaml"
+    path.write_text(HS_PLAN.replace("PARAMS", params))
+    written = load_plan(path, None, cluster=ClusterShape.single(2)).jobs["hs"].method_params
+    again = EvalHSParams.model_validate(written)
+    assert again.moderation_mode == ("batched" if "batched" in params else "official")
+    assert again.moderation_batch_size == (4 if "size: 4" in params else None)
+
+
 def test_fa_rows_and_scoring():
     items = evaluate.fa_items([{"idx": 0, "sentence": "great fun", "label": 1}, {"sentence": "dull", "label": 0},
                                {"instruction": "X", "input": "fine", "output": "positive"}], SST2_INSTRUCTION)
