@@ -26,10 +26,10 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from launcher import checkpoints, dsconfig, monitor, rundir, teardown
-from launcher.node.group import BundleInfo
+from launcher.node.messages import AgentReport, BundleInfo, Started
 from launcher.node.host import GroupHandle, bundle_info
 from launcher.node.pool import HostPool
-from launcher.atomic import read_json
+from launcher.contract.result import read_result
 from launcher.journal import Decision, Journal, JournalError, ProcessRecord
 from launcher.layout import RunDir
 from launcher.plan import Job, Plan
@@ -504,7 +504,7 @@ class Driver:
                 self._attempt_failed(jr, Observation("lost", detail="agents did not start the ranks in time"))
             return
         try:
-            replies = ray.get(a.start_refs)
+            replies: list[Started] = ray.get(a.start_refs)
         except RayActorError as e:
             self._hosts_lost(a, a.start_refs)
             self._attempt_failed(jr, Observation("lost", detail=f"agent failed at start: {e}"))
@@ -513,14 +513,14 @@ class Driver:
             self._attempt_failed(jr, Observation("crash", detail=f"ranks could not be started: {_cause(e)}"))
             return
         job = jr.job
-        a.placement = [{"node": rep["info"]["node"], "host": rep["info"]["host"], "gpus": rep["info"]["gpus"]}
+        a.placement = [{"node": rep.bundle.node, "host": rep.bundle.host, "gpus": list(rep.bundle.gpus)}
                        for rep in replies]
         a.held = a.placement          # the reservation becomes where Ray really put the job
         self.core.hold_gpus(job.name, tuple((h["node"], len(h["gpus"])) for h in a.held),
                             time.time() + self.core.estimates[job.name])
         self.journal.set_attempt(job.name, a.n, state="running", placement=a.placement)
-        self.journal.add_processes([ProcessRecord(job.name, a.n, s["rank"], s["node"], s["pid"], s["create_time"], s["pgid"])
-                                    for rep in replies for s in rep["ranks"]])
+        self.journal.add_processes([ProcessRecord(job.name, a.n, s.rank, s.node, s.pid, s.create_time, s.pgid)
+                                    for rep in replies for s in rep.ranks])
         a.exit_refs = [ag.call("wait_exit", EXIT_WAIT_S) for ag in a.agents]
         jr.state = JobState.RUNNING
         where = "; ".join(f"{p['host']}:{p['node'][:8]} GPUs {','.join(p['gpus'])}" for p in a.placement)
@@ -548,7 +548,7 @@ class Driver:
             return
         refs, a.poll_refs = a.poll_refs, None
         try:
-            reports = ray.get(refs)
+            reports: list[AgentReport] = ray.get(refs)
         except RayActorError as e:
             self._hosts_lost(a, refs)
             self._attempt_failed(jr, Observation("lost", detail=f"node agent lost: {type(e).__name__}"))
@@ -556,17 +556,17 @@ class Driver:
         except RayError as e:   # the agent is there but its poll raised: this attempt cannot be watched
             self._attempt_failed(jr, Observation("lost", detail=f"node agent failed to report: {_cause(e)}"))
             return
-        ranks = [r for rep in reports for r in rep["ranks"]]
+        ranks = [r for rep in reports for r in rep.ranks]
         for r in ranks:   # each rank's end on record: the benchmarks' bounds count the ranks' own time
-            if r["exit_code"] is not None and r["pid"] not in a.exits_recorded:
-                a.exits_recorded.add(r["pid"])
-                self.journal.end_process(jr.job.name, a.n, r["pid"], r["exit_code"], r.get("exited_at"))
-        children = [ProcessRecord(jr.job.name, a.n, rank, rep["node"], pid, ct, None, "child")
-                    for rep in reports for pid, ct, rank in rep["new_children"]]
+            if r.exit_code is not None and r.pid not in a.exits_recorded:
+                a.exits_recorded.add(r.pid)
+                self.journal.end_process(jr.job.name, a.n, r.pid, r.exit_code, r.exited_at)
+        children = [ProcessRecord(jr.job.name, a.n, c.rank, rep.node, c.pid, c.create_time, None, "child")
+                    for rep in reports for c in rep.new_children]
         if children:
             self.journal.add_processes(children)
         # Judged at the time the agents looked, not now: this loop may have been busy with another job.
-        obs = a.watch.observe(ranks, now=min(rep["time"] for rep in reports))
+        obs = a.watch.observe(ranks, now=min(rep.time for rep in reports))
         for phase in LEARNED_PHASES:
             learned = a.watch.learned.get(phase)
             if learned is not None and learned != jr.learned.get(phase):
@@ -704,10 +704,10 @@ class Driver:
         assert a is not None
         name = jr.job.name
         try:
-            result = read_json(self.rd.job(name).result) or {}
-            reason = None if result.get("status") == "succeeded" else \
-                f"ranks exited 0 but result.json says {result.get('status', 'nothing')!r}"
-        except (ValueError, AttributeError, OSError) as e:   # torn by hand, not a dict, unreadable
+            result = read_result(self.rd.job(name).result)
+            reason = None if result is not None and result.status == "succeeded" else \
+                f"ranks exited 0 but result.json says {result.status if result else 'nothing'!r}"
+        except (ValueError, TypeError, OSError) as e:   # torn by hand, not a result, unreadable
             reason = f"ranks exited 0 but result.json cannot be read: {type(e).__name__}: {e}"[:600]
         ok = reason is None
         self.journal.end_attempt(name, a.n, "succeeded" if ok else "failed", None, obs.exit_codes, obs.step)

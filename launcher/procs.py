@@ -94,8 +94,12 @@ def descendants(root: Owned, run_id: str) -> list[Owned]:
     p = root.process(run_id)
     if p is None:
         return []
+    try:
+        kids = p.children(recursive=True)
+    except psutil.NoSuchProcess:   # it exited while we looked: a poll at the moment a rank exits meets this
+        return []
     out = []
-    for c in p.children(recursive=True):
+    for c in kids:
         try:
             out.append(Owned(c.pid, start_time(c)))
         except psutil.NoSuchProcess:

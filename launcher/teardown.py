@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
@@ -19,6 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from launcher import checkpoints
 from launcher.node.host import GroupHandle, sweep_node
+from launcher.node.messages import Stopped
 
 RPC_TIMEOUT_S = 60.0
 
@@ -29,8 +29,8 @@ class Unreleased:
     bundle: int
     gpus: list[str]
     waited_s: float
-    still_held: Any
-    job_pids_on_gpu: Any
+    still_held: dict[str, float | None]
+    job_pids_on_gpu: list[int]
 
 
 @dataclass
@@ -63,17 +63,17 @@ def release(run_id: str, agents: list[GroupHandle], pg: PlacementGroup | None, g
     refs = [ag.call("stop", grace) for ag in agents]
     for i, ref in enumerate(refs):
         try:
-            res = ray.get(ref, timeout=grace + 120)
+            res: Stopped = ray.get(ref, timeout=grace + 120)
         except (RayActorError, GetTimeoutError, RayError) as e:
             out.notes.append(f"agent {i} did not stop its ranks ({type(e).__name__}); sweeping its node")
             if i in sweeps:
                 out.notes.append(_sweep(run_id, sweeps[i]))
             continue
-        out.exit_codes.update({int(k): v for k, v in res["exit_codes"].items()})
-        out.still_alive += res["still_alive"]
-        rel = res.get("release")
-        if rel and not rel["released"]:
-            out.unreleased.append(Unreleased(i, res["gpus"], rel["waited_s"], rel["still_held"], rel["job_pids_on_gpu"]))
+        out.exit_codes.update(res.exit_codes)
+        out.still_alive += res.still_alive
+        rel = res.release
+        if rel is not None and not rel.released:
+            out.unreleased.append(Unreleased(i, res.gpus, rel.waited_s, rel.still_held, rel.job_pids_on_gpu))
     for ag in agents:   # the host lives on for the run's other jobs: only this group goes
         try:
             ag.close()

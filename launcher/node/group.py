@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,30 +22,11 @@ from typing import Any, Callable
 from launcher import agentlog, heartbeat, monitor, oomkill, procs, release
 from launcher.layout import JobDir
 from launcher.memprobe import open_probe
+from launcher.node.messages import AgentReport, BundleInfo, NewChild, RankStatus, SpawnedRank, Started, Stopped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # py-spy ships as a binary next to the interpreter of the venv it was installed in.
 PY_SPY = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])) or "py-spy"
-
-
-@dataclass
-class RankStatus:
-    rank: int
-    pid: int
-    create_time: float
-    exit_code: int | None
-    heartbeat: dict[str, Any] | None
-    log_tail: list[str] = field(default_factory=list)
-    oom_killed: str | None = None      # the kernel's OOM killer ended it (see launcher.oomkill)
-    exited_at: float | None = None     # when this host first saw it gone (wait_exit looks every 20 ms)
-
-
-@dataclass
-class AgentReport:
-    node: str
-    ranks: list[RankStatus]
-    new_children: list[tuple[int, float, int]]   # (pid, create_time, rank) seen for the first time
-    time: float = field(default_factory=time.time)
 
 
 def free_port() -> int:
@@ -63,15 +43,6 @@ def tail(path: Path, lines: int = 40) -> list[str]:
             return [line.decode(errors="replace") for line in deque(f.read().splitlines(), maxlen=lines)]
     except FileNotFoundError:
         return []
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    """Where a placement-group bundle is and which GPUs Ray reserved in it (a task inside it said)."""
-    node: str
-    ip: str
-    host: str
-    gpus: tuple[str, ...]
 
 
 class RankGroup:
@@ -98,7 +69,7 @@ class RankGroup:
         return {"node": b.node, "ip": b.ip, "host": b.host, "gpus": list(b.gpus), "pid": os.getpid()}
 
     def start(self, job_file: str, master_addr: str | None, master_port: int | None,
-              extra_env: dict[str, str]) -> dict[str, Any]:
+              extra_env: dict[str, str]) -> Started:
         """Spawn this node's ranks. Without a master address (single-node job) this agent is rank 0's."""
         # Fault point for the launcher's tests: a node this slow to start (what bin/kill meets while `starting`).
         time.sleep(float(os.environ.get("SL_FAULT_AGENT_START_DELAY_S", "0")))
@@ -119,7 +90,7 @@ class RankGroup:
         # What the GPUs hold before our ranks exist: stop() waits until they are back near it.
         self.probe = open_probe(os.environ.get("SL_MONITOR_BACKEND", "auto"), info["gpus"])
         self.gpus, self.baseline = info["gpus"], release.baseline(self.probe, info["gpus"])
-        started = []
+        started: list[SpawnedRank] = []
         for local_rank, rank in enumerate(self.ranks):
             renv = dict(env, RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(self.world_size),
                         LOCAL_WORLD_SIZE=str(len(self.ranks)), NODE_RANK=str(self.node_rank),
@@ -130,10 +101,9 @@ class RankGroup:
             self.children[rank] = (proc, owned)
             self.known[owned.pid] = owned
             self.oom[rank] = oomkill.read(owned.pid)
-            started.append({"rank": rank, "pid": owned.pid, "create_time": owned.create_time, "pgid": owned.pid,
-                            "node": info["node"]})
+            started.append(SpawnedRank(rank, owned.pid, owned.create_time, owned.pid, info["node"]))
         monitor.attach(self)   # memory sampler thread: gpu_mem.csv / peak_mem.csv / Ray gauges
-        return {"info": info, "ranks": started}
+        return Started(self.bundle, started)
 
     def _exited(self, rank: int) -> bool:
         if self.children[rank][0].poll() is None:
@@ -154,8 +124,9 @@ class RankGroup:
             time.sleep(0.02)
         return False
 
-    def poll(self) -> dict[str, Any]:
-        ranks, new = [], []
+    def poll(self) -> AgentReport:
+        ranks: list[RankStatus] = []
+        new: list[NewChild] = []
         for rank, (proc, owned) in self.children.items():
             counter = oomkill.read(owned.pid) if rank not in self.oom_killed else None   # before poll(): see below
             code = proc.poll()
@@ -163,7 +134,7 @@ class RankGroup:
                 for d in procs.descendants(owned, self.run_id):
                     if d.pid not in self.known:
                         self.known[d.pid] = d
-                        new.append((d.pid, d.create_time, rank))
+                        new.append(NewChild(d.pid, d.create_time, rank))
                 # Kept fresh while it lives (it may change cgroups; an older OOM kill of another
                 # process there is not its death). Read before poll(), so a kill in between is
                 # judged against the previous value, not one that already counts it.
@@ -171,13 +142,13 @@ class RankGroup:
             elif rank not in self.oom_killed:
                 self.oom_killed[rank] = oomkill.oom_killed(self.oom.get(rank), code)
             hb = heartbeat.read(self.jd.heartbeat(rank))
-            hb_dict = asdict(hb) if hb and hb.attempt == self.attempt else None
+            beat = hb if hb and hb.attempt == self.attempt else None
             if code is not None:
                 self.exited_at.setdefault(rank, time.time())
-            ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, hb_dict,
+            ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, beat,
                                     tail(self.jd.rank_log(self.attempt, rank)) if code is not None else [],
                                     self.oom_killed.get(rank), self.exited_at.get(rank)))
-        return asdict(AgentReport(node=self.bundle.node, ranks=ranks, new_children=new))
+        return AgentReport(node=self.bundle.node, ranks=ranks, new_children=new)
 
     def dump_stacks(self) -> list[int]:
         """py-spy dump of every live rank into its own log, before a hung rank is killed."""
@@ -202,7 +173,7 @@ class RankGroup:
         """The group is over (its ranks stopped): its log stops receiving the host's output."""
         agentlog.close_agent_log(self.own_log)
 
-    def stop(self, grace: float = 10.0) -> dict[str, Any]:
+    def stop(self, grace: float = 10.0) -> Stopped:
         """TERM → grace → KILL the rank groups, then sweep every descendant we ever saw."""
         leaders = [owned for _, owned in self.children.values()]
         alive = procs.terminate_tree(leaders, list(self.known.values()), self.run_id, grace)
@@ -214,5 +185,4 @@ class RankGroup:
                                           self.baseline, timeout=float(os.environ.get("SL_RELEASE_TIMEOUT", "60")))
             self.probe.close()
             self.probe = None
-        return {"exit_codes": codes, "still_alive": [o.pid for o in alive],
-                "release": asdict(freed) if freed else None, "gpus": getattr(self, "gpus", [])}
+        return Stopped(codes, [o.pid for o in alive], freed, list(getattr(self, "gpus", [])))

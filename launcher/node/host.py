@@ -24,7 +24,8 @@ from typing import Any
 import ray
 
 from launcher import procs
-from launcher.node.group import BundleInfo, RankGroup, free_port
+from launcher.node.group import RankGroup, free_port
+from launcher.node.messages import BundleInfo, Started, Stopped
 
 CONCURRENCY = 64   # calls at once: every job on a node polls and waits for an exit; a few release slowly
 
@@ -59,7 +60,7 @@ class NodeHost:
 
     def start(self, key: str, job: str, attempt: int, node_rank: int, ranks: list[int], world_size: int,
               job_dir: str, bundle: BundleInfo, job_file: str, master_addr: str | None, master_port: int | None,
-              env: dict[str, str]) -> dict[str, Any]:
+              env: dict[str, str]) -> Started:
         """Open the group and spawn its ranks, in one call (a threaded actor runs calls in any order)."""
         with self.guard:
             slot = self.slots.get(key)
@@ -87,7 +88,7 @@ class NodeHost:
             if method == "stop":
                 slot.stopped = True
                 if slot.group is None:
-                    return {"exit_codes": {}, "still_alive": [], "release": None, "gpus": []}
+                    return Stopped({}, [], None, [])
             if slot.group is None:
                 raise KeyError(f"rank group {key} has not started")
             return getattr(slot.group, method)(*args)

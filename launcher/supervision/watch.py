@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
+from launcher.heartbeat import Heartbeat
+from launcher.node.messages import RankStatus
 from launcher.spec import HangSpec
 from launcher.supervision.failure import Verdict
 
@@ -80,22 +80,22 @@ class AttemptWatch:
     def _sample(self, phase: str, seconds: float) -> None:
         self.slowest[phase] = max(self.slowest.get(phase, 0.0), seconds)
 
-    def observe(self, ranks: list[dict[str, Any]], now: float | None = None) -> Observation:
+    def observe(self, ranks: list[RankStatus], now: float | None = None) -> Observation:
         now = time.time() if now is None else now
-        codes = {r["rank"]: r["exit_code"] for r in ranks}
-        beats = [r["heartbeat"] for r in ranks if r["heartbeat"]]
-        rank0 = next((r["heartbeat"] for r in ranks if r["rank"] == 0 and r["heartbeat"]), None)
-        step = min((b["step"] for b in beats), default=0) if len(beats) == len(ranks) else 0
-        obs = Observation(Verdict.RUNNING, exit_codes=codes, step=rank0["step"] if rank0 else step,
-                          total_steps=rank0["total_steps"] if rank0 else None, loss=rank0.get("loss") if rank0 else None)
-        failed = [r for r in ranks if r["exit_code"] not in (None, 0)]
+        codes = {r.rank: r.exit_code for r in ranks}
+        beats = [r.heartbeat for r in ranks if r.heartbeat]
+        rank0 = next((r.heartbeat for r in ranks if r.rank == 0 and r.heartbeat), None)
+        step = min((b.step for b in beats), default=0) if len(beats) == len(ranks) else 0
+        obs = Observation(Verdict.RUNNING, exit_codes=codes, step=rank0.step if rank0 else step,
+                          total_steps=rank0.total_steps if rank0 else None, loss=rank0.loss if rank0 else None)
+        failed = [r for r in ranks if r.exit_code not in (None, 0)]
         if failed:
             return self._failure(obs, failed)
         if all(c == 0 for c in codes.values()):
             obs.verdict = Verdict.DONE
             return obs
         phase = self._job_phase(beats, len(ranks))
-        units = min((b.get("progress", 0) for b in beats if b["phase"] == phase), default=0)
+        units = min((b.progress for b in beats if b.phase == phase), default=0)
         signature = (step, phase, units)
         if signature != self.signature and phase != "start-up":
             self._learn(phase, step, units, now)
@@ -126,29 +126,29 @@ class AttemptWatch:
         elif prev_phase == "saving" and phase != "saving":
             self._sample("saving", spent)   # one whole save
 
-    def _failure(self, obs: Observation, failed: list[dict[str, Any]]) -> Observation:
+    def _failure(self, obs: Observation, failed: list[RankStatus]) -> Observation:
         """Any failed rank's OOM makes the attempt an OOM (its peers then fail in a broken
         collective, often first): CUDA's message in its log, or the kernel's OOM killer, which
         leaves no log line (the agent saw the kill in the memory cgroup's counter). Otherwise the
         lowest failed rank is the crash."""
-        killer = next((r for r in failed if r.get("oom_killed")), None)
+        killer = next((r for r in failed if r.oom_killed), None)
         if killer is not None:
             obs.verdict = Verdict.OOM
-            obs.detail = f"rank {killer['rank']} exited with {killer['exit_code']}: {killer['oom_killed']}"
+            obs.detail = f"rank {killer.rank} exited with {killer.exit_code}: {killer.oom_killed}"
             return obs
-        oom = next((r for r in failed if OOM_RE.search("\n".join(r["log_tail"][-40:]))), None)
+        oom = next((r for r in failed if OOM_RE.search("\n".join(r.log_tail[-40:]))), None)
         r = oom or failed[0]
         obs.verdict = Verdict.OOM if oom else Verdict.CRASH
-        obs.detail = f"rank {r['rank']} exited with {r['exit_code']}: " + " | ".join(r["log_tail"][-5:])
+        obs.detail = f"rank {r.rank} exited with {r.exit_code}: " + " | ".join(r.log_tail[-5:])
         return obs
 
-    def _job_phase(self, beats: list[dict[str, Any]], n: int) -> str:
+    def _job_phase(self, beats: list[Heartbeat], n: int) -> str:
         """start-up until every rank beats, none is loading and (in training) a first step is done."""
-        phases = {b["phase"] for b in beats}
+        phases = {b.phase for b in beats}
         if len(beats) < n or "loading" in phases:
             return "start-up"
         phase = next(p for p in PHASE_PRIORITY if p in phases)
-        if phase == "training" and self.last_step < 0 and min(b["step"] for b in beats) <= 0:
+        if phase == "training" and self.last_step < 0 and min(b.step for b in beats) <= 0:
             return "start-up"
         return phase
 

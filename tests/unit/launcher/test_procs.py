@@ -184,3 +184,15 @@ def test_rank_dies_with_its_parent(tmp_path, run_id):
         assert procs.wait_gone([rank], run_id, timeout=5) == []
     finally:
         procs.kill_verified([rank], run_id)
+
+
+def test_descendants_of_a_rank_exiting_while_they_are_listed_is_empty(spawned, run_id, monkeypatch):
+    # The host polls the moment a rank exits (wait_exit): the process can vanish between the
+    # verification and the walk of its children. That walk raising used to fail the attempt as lost.
+    _, owned = spawned(SLEEP)
+
+    def vanished(self, recursive=False):
+        raise psutil.NoSuchProcess(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "children", vanished)
+    assert procs.descendants(owned, run_id) == []

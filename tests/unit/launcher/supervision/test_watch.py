@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-import pytest
-
-from launcher.node.group import RankStatus
 from launcher.heartbeat import Heartbeat
+from launcher.node.messages import RankStatus
 from launcher.spec import HangSpec
 from launcher.supervision.watch import AttemptWatch
 
@@ -16,11 +12,11 @@ T0 = 1000.0
 
 def rank(r: int, step: int | None = None, phase: str = "training", exit_code: int | None = None,
          log: list[str] | None = None, total: int = 100, loss: float | None = None, progress: int = 0,
-         oom_killed: str | None = None) -> dict:
-    hb = None if step is None else asdict(Heartbeat(rank=r, step=step, total_steps=total, phase=phase, time=0.0,
-                                                    pid=4000 + r, loss=loss, progress=progress))
-    return asdict(RankStatus(rank=r, pid=4000 + r, create_time=1.0, exit_code=exit_code, heartbeat=hb,
-                             log_tail=log or [], oom_killed=oom_killed))
+         oom_killed: str | None = None) -> RankStatus:
+    hb = None if step is None else Heartbeat(rank=r, step=step, total_steps=total, phase=phase, time=0.0,
+                                             pid=4000 + r, loss=loss, progress=progress)
+    return RankStatus(rank=r, pid=4000 + r, create_time=1.0, exit_code=exit_code, heartbeat=hb,
+                      log_tail=log or [], oom_killed=oom_killed)
 
 
 def watch(**hang) -> AttemptWatch:
@@ -199,8 +195,7 @@ def test_a_long_evaluation_is_watched_by_its_own_batches():
     w = watch(startup=60, step=10, eval=600)
     w.observe([rank(0, 0, "loading")], now=T0 + 1)
     for b in range(1, 41):   # one batch a minute, at step 0 (an evaluation-only job): start-up does not apply
-        hb = rank(0, 0, "evaluating")
-        hb["heartbeat"]["progress"] = b
+        hb = rank(0, 0, "evaluating", progress=b)
         assert w.observe([hb], now=T0 + 60 * b).verdict == "running"
     assert w.observe([hb], now=T0 + 2400 + 600).verdict == "running"
     obs = w.observe([hb], now=T0 + 2400 + 601)
@@ -213,7 +208,7 @@ def test_units_of_the_slowest_rank_count():
     w.observe([rank(0, 3), rank(1, 3)], now=T0 + 1)
     w.observe([r0, r1], now=T0 + 2)
     for b in range(1, 20):   # rank 0 keeps evaluating, rank 1 is stuck on its first batch
-        r0["heartbeat"]["progress"] = b
+        r0 = rank(0, 3, "evaluating", progress=b)
         obs = w.observe([r0, r1], now=T0 + 2 + 10 * b)
     assert obs.verdict == "hang" and "in phase evaluating" in obs.detail
 

@@ -1,0 +1,73 @@
+"""What a node host sends back to the driver, as typed objects (pickled by Ray as they are).
+
+Nothing crosses the actor boundary as a dict read by string keys: the driver, the release thread
+and the supervisor's watch read these fields, and a renamed field fails at once, everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from launcher.heartbeat import Heartbeat
+from launcher.release import Release
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """Where a placement-group bundle is and which GPUs Ray reserved in it (a task inside it said)."""
+    node: str
+    ip: str
+    host: str
+    gpus: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SpawnedRank:
+    rank: int
+    pid: int
+    create_time: float      # seconds since boot (procs.start_time): with the pid, the process's identity
+    pgid: int
+    node: str
+
+
+@dataclass(frozen=True)
+class Started:
+    bundle: BundleInfo
+    ranks: list[SpawnedRank]
+
+
+@dataclass
+class RankStatus:
+    rank: int
+    pid: int
+    create_time: float
+    exit_code: int | None
+    heartbeat: Heartbeat | None        # this attempt's newest beat; None before the first
+    log_tail: list[str] = field(default_factory=list)
+    oom_killed: str | None = None      # the kernel's OOM killer ended it (see launcher.oomkill)
+    exited_at: float | None = None     # when the host first saw it gone (wait_exit looks every 20 ms)
+
+
+@dataclass(frozen=True)
+class NewChild:
+    """A process a rank started, seen for the first time: recorded so a sweep can find it."""
+    pid: int
+    create_time: float
+    rank: int
+
+
+@dataclass
+class AgentReport:
+    node: str
+    ranks: list[RankStatus]
+    new_children: list[NewChild]
+    time: float = field(default_factory=time.time)   # when the host looked: the watch judges at this time
+
+
+@dataclass(frozen=True)
+class Stopped:
+    exit_codes: dict[int, int | None]
+    still_alive: list[int]
+    release: Release | None            # None: no probe (the group never started its ranks)
+    gpus: list[str]
