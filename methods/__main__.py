@@ -13,9 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.atomic import write_json
-from launcher.layout import JobDir
-from launcher.spec import JobFile
+from launcher.contract import write_json, JobDir, JobFile
 from methods.registry import METHODS
 
 

@@ -11,9 +11,7 @@ from typing import Any, Sequence
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from launcher import checkpoints as ckpt
-from launcher.atomic import append_jsonl
-from launcher.heartbeat import Heartbeat, Phase, own_peak_rss_mib, write as write_heartbeat
+from launcher.contract import append_jsonl, checkpoints as ckpt, own_peak_rss_mib, write_heartbeat, Heartbeat, Phase
 
 
 def _mib(n: int) -> float:

@@ -7,16 +7,15 @@ import functools
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from launcher.atomic import write_json
-from launcher.layout import JobDir
-from launcher.spec import JobFile
+from launcher.contract import JobDir, JobFile, Result
+from launcher.contract import write_result as contract_write_result
 from methods import jit_ops, tracking
 from methods.callbacks import HeartbeatCallback, SampleRecorder
 from methods.model_cache import converted_gguf, resolve_gguf
@@ -188,19 +187,8 @@ def dist_info(model: torch.nn.Module | None = None) -> dict[str, Any]:
     return info
 
 
-@dataclass
-class Result:
-    status: Literal["succeeded", "failed"]
-    metrics: dict[str, float] = field(default_factory=dict)
-    adapter: str | None = None
-    start_adapter: str | None = None  # stack mode: the frozen adapter under `adapter`, needed to use it
-    start_adapter_mode: str | None = None
-    dist: dict[str, Any] = field(default_factory=dict)
-    time: float = field(default_factory=time.time)
-
-
 def write_result(job: JobFile, result: Result) -> None:
-    write_json(JobDir(Path(job.job_dir)).result, asdict(result))
+    contract_write_result(JobDir(Path(job.job_dir)).result, result)
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from launcher.spec import DataSource
+from launcher.contract import DataSource
 
 IGNORE_INDEX = -100
 Template = Literal["auto", "alpaca", "user_assistant", "chat"]

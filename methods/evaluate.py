@@ -25,9 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from launcher.atomic import write_json, write_text
-from launcher.layout import JobDir
-from launcher.spec import JobFile
+from launcher.contract import write_json, write_text, JobDir, JobFile
 from methods.callbacks import HeartbeatCallback
 from methods.common import DTYPES, RankInfo, dist_info, finish_distributed, resolve_precision, start_rank
 from methods.data import Record, Template, build_prompt, read_rows, resolve_template, sst2_label_word

@@ -34,8 +34,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from launcher.atomic import write_text
-from launcher.spec import JobFile
+from launcher.contract import write_text, JobFile
 from methods.bleu import Tokenisation, corpus_bleu
 from methods.common import DTYPES, Result, dist_info, resolve_precision, start_rank, write_result
 from methods.data import Record, build_prompt, read_rows, resolve_template

@@ -18,8 +18,7 @@ from typing import Callable, Sequence
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from launcher.atomic import read_json
-from launcher.spec import ModelSpec
+from launcher.contract import read_json, ModelSpec
 from methods.data import Template
 from methods.models import load_base_model, load_tokenizer
 

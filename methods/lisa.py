@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from launcher.atomic import write_json
-from launcher.spec import JobFile
+from launcher.contract import write_json, JobFile
 from methods.callbacks import SampleRecorder
 from methods.common import MethodTrainer
 from methods.data import SFTCollator, SFTDataset, role_rows, to_records

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from launcher.atomic import read_json, write_json
+from launcher.contract import read_json, write_json
 
 log = logging.getLogger(__name__)
 

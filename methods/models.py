@@ -12,7 +12,7 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from launcher.spec import LoraSpec, ModelSpec
+from launcher.contract import LoraSpec, ModelSpec
 from methods.model_cache import converted_gguf, resolve_gguf
 
 log = logging.getLogger(__name__)

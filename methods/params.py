@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from launcher.pathcheck import NAME_CHARS_MAX, file_name_problem
+from launcher.contract import file_name_problem, NAME_CHARS_MAX
 from methods.fabe_vote_params import FABEVictimParams
 
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from transformers import set_seed
 
-from launcher.layout import JobDir
-from launcher.spec import JobFile
+from launcher.contract import JobDir, JobFile
 from methods.callbacks import CheckpointCallback, HeartbeatCallback, MetricsCallback, SampleRecorder, barrier
 from methods.common import (DTYPES, MethodTrainer, RankInfo, Result, dist_info, finish_distributed, numeric,
                             resolve_precision, start_rank, training_arguments, write_result)

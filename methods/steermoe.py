@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from launcher.spec import JobFile
+from launcher.contract import JobFile
 from methods.callbacks import CheckpointCallback, MetricsCallback, SampleRecorder, barrier
 from methods.common import (DTYPES, MethodTrainer, Result, dist_info, finish_distributed, numeric, resolve_precision,
                             start_rank, training_arguments, write_result)

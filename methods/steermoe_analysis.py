@@ -27,8 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from launcher.atomic import write_json
-from launcher.spec import JobFile
+from launcher.contract import write_json, JobFile
 from methods import dist_utils
 from methods.common import DTYPES, RankInfo, Result, dist_info, resolve_precision, start_rank, write_result
 from methods.data import (IGNORE_INDEX, Record, SFTCollator, Template, build_prompt, encode_record, read_rows,

@@ -13,10 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import checkpoints, heartbeat, oomkill
-from launcher.atomic import append_jsonl, read_json, write_json
-from launcher.layout import JobDir
-from launcher.spec import JobFile
+from launcher.contract import append_jsonl, checkpoints, heartbeat, oomkill, read_json, write_json, JobDir, JobFile
 from methods.params import SyntheticParams
 
 CRASH_EXIT = 3

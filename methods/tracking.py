@@ -22,8 +22,7 @@ from typing import Any, MutableMapping
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
 
-from launcher.layout import JobDir
-from launcher.spec import JobFile
+from launcher.contract import JobDir, JobFile
 from methods.callbacks import HeartbeatCallback
 
 # Which package each tracker needs in the rank's environment (pip install safety-launcher[tracking]).
