@@ -36,3 +36,11 @@ def test_the_contract_imports_neither_ray_nor_torch() -> None:
             "print(' '.join(m for m in ('ray', 'torch', 'transformers', 'deepspeed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_every_package_directory_ships_in_the_wheel() -> None:
+    import tomllib
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for top in ("launcher", "methods")
+               for p in (REPO / top).rglob("__init__.py")}
+    assert on_disk - listed == set()
