@@ -119,11 +119,6 @@ class Core:
         for n in ready:
             self._make_ready(n)
 
-    def set_estimate(self, name: str, seconds: float) -> None:
-        """A better estimate of a job's duration (its history, or its first steps): the priorities
-        follow on the next reprioritise()."""
-        self.estimates[name] = seconds
-
     def expect_end(self, name: str, ends_at: float) -> None:
         h = self.holdings.get(name)
         if h is not None:
