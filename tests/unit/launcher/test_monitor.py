@@ -167,8 +167,12 @@ def sleepers() -> Any:
     procs: list[subprocess.Popen] = []
 
     def start(env: dict[str, str]) -> psutil.Process:
-        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**env, "PATH": "/usr/bin:/bin"})
+        # Until the child runs, it still has pytest's environment and memory: a sample taken then is
+        # of another process (1 run in ~20 failed so), so the sleeper says when it is up.
+        p = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                             env={**env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, text=True)
         procs.append(p)
+        assert p.stdout is not None and p.stdout.readline() == "up\n"
         return psutil.Process(p.pid)
 
     yield start
