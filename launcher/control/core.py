@@ -1,6 +1,6 @@
 """The controller's pure core: job states, readiness, the books and the scheduling policy.
 
-No Ray, no clock of its own: the driver (launcher/driver.py) and the simulator (launcher/sim) both
+No Ray, no clock of its own: the controller (launcher/control/controller.py) and the simulator (launcher/sim) both
 hold one `Core`, move jobs through it, ask it what to place now, and tell it where jobs run and
 when they are expected to end. Readiness is kept incrementally (a job becomes ready when its last
 need succeeds), so a pass costs the ready jobs, not the whole DAG: 10,000-job plans stay cheap.
@@ -41,6 +41,7 @@ class Core:
         self.estimates = {n: j.estimate_s for n, j in self.jobs.items()}
         self.holdings: dict[str, Holding] = {}
         self.quarantined: list[tuple[str, int]] = []   # GPUs whose memory never came back: held for good
+        self.avoid: dict[str, frozenset[str]] = {}      # job -> nodes its next placement avoids (a lost node)
         self.version = 0    # grows when a pass could place something new: a job ready or ended, GPUs back
         self._ready: set[str] = set()
         self.queue = ReadyQueue()
@@ -130,9 +131,34 @@ class Core:
         """What the policy places now; nothing is held until `hold` is called for a placement."""
         if not self._ready or self.books.free_gpus() <= 0:
             return Pass()
-        return self.policy.schedule(now, self.queue, self.books, list(self.holdings.values()))
+        out = self.policy.schedule(now, self.queue, self.books, list(self.holdings.values()))
+        if self.avoid and out.placements:
+            self._steer(out)
+        return out
+
+    def avoid_nodes(self, name: str, nodes: Iterable[str]) -> None:
+        """The job's last attempt lost its node: its next placement goes elsewhere if anywhere else fits."""
+        self.avoid[name] = frozenset(nodes)
+
+    def _steer(self, out: Pass) -> None:
+        """Moves a placement off the nodes its job avoids, onto others free in the same pass; where
+        none fit it stays (soft: a node that came back is better than waiting for ever)."""
+        free = self.books.copy()
+        for p in out.placements:
+            free.hold(p.nodes, self.jobs[p.name].shape.gpus_per_node)
+        for i, p in enumerate(out.placements):
+            bad = self.avoid.get(p.name)
+            if not bad or bad.isdisjoint(p.nodes):
+                continue
+            shape = self.jobs[p.name].shape
+            free.hold(p.nodes, shape.gpus_per_node, -1)
+            nodes = free.choose(shape, lambda n, _g: n not in bad) or p.nodes
+            free.hold(nodes, shape.gpus_per_node)
+            out.placements[i] = Placement(p.name, nodes)
 
     def hold(self, p: Placement, now: float) -> None:
+        """The placement is made: the GPUs are the job's until `release`, and what it avoided is spent."""
+        self.avoid.pop(p.name, None)
         g = self.jobs[p.name].shape.gpus_per_node
         self.hold_gpus(p.name, tuple((n, g) for n in p.nodes), now + self.estimates[p.name])
 

@@ -80,3 +80,21 @@ def test_hold_again_where_ray_put_it_and_quarantine_on_release() -> None:
     assert c.could_ever_fit("y")          # n0 is whole once y ends
     c.release("y", keep=[("n0", 1)])
     assert not c.could_ever_fit("y")      # both nodes lost GPUs to leaked memory: 4 never fit again
+
+
+def test_a_job_that_lost_its_node_is_placed_on_another_that_fits() -> None:
+    c = Core([JobNeeds("a", (), Shape(1, 1), 0, 10.0)], Books.of([("n0", 2, None), ("n1", 2, None)]), make("backfill"))
+    assert c.schedule(0.0).placements[0].nodes == ("n0",)
+    c.avoid_nodes("a", ["n0"])
+    p = c.schedule(0.0).placements[0]
+    assert p.nodes == ("n1",)
+    c.hold(p, 0.0)
+    assert c.avoid == {} and c.books.free == {"n0": 2, "n1": 1}   # spent by the placement
+
+
+def test_avoiding_a_node_is_soft_when_no_other_fits() -> None:
+    c = Core([JobNeeds("a", (), Shape(1, 2), 0, 10.0), JobNeeds("x", (), Shape(1, 1), 1, 99.0)],
+             Books.of([("n0", 2, None), ("n1", 2, None)]), make("backfill"))
+    c.books.hold(["n1"], 1)   # another job holds one of n1's GPUs: only n0 takes two
+    c.avoid_nodes("a", ["n0"])
+    assert [(p.name, p.nodes) for p in c.schedule(0.0).placements if p.name == "a"] == [("a", ("n0",))]
