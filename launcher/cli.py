@@ -107,8 +107,8 @@ def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str
         journal.set_run(ray_address=ctx.address_info.get("address"), owns_ray=int(not opts.address))  # type: ignore[attr-defined]
         if getattr(ctx, "dashboard_url", None):
             print(f"  dashboard http://{ctx.dashboard_url}", flush=True)  # type: ignore[attr-defined]
-        from launcher.driver import Driver  # imports ray actors; only needed once Ray is up
-        final = Driver(plan, rd, journal, env, shape_from_ray(), order).run()
+        from launcher import driver  # imports ray actors; only needed once Ray is up
+        final = driver.run(plan, rd, journal, env, shape_from_ray(), order)
     except BaseException as e:
         journal.set_run(state="failed", ended=time.time())
         journal.event("run", f"driver error: {type(e).__name__}: {e}")

@@ -67,7 +67,7 @@ class ProcessRecord:
     role: str = "rank"
 
 
-DecisionKind = Literal["micro_batch", "bad_checkpoint", "timeout"]
+DecisionKind = Literal["micro_batch", "bad_checkpoint", "timeout", "restart", "give_up"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,10 @@ class Decision:
     bin/resume (kept apart from the events, which are for people and read back capped)."""
     job: str
     kind: DecisionKind
-    data: dict[str, Any]   # micro_batch: batch_size, grad_accum; bad_checkpoint: path; timeout: phase, seconds
+    # micro_batch: batch_size, grad_accum; bad_checkpoint: path, identity; timeout: phase, seconds;
+    # restart / give_up (FailurePolicy's decision): attempt, action, delay, reason, avoid_nodes,
+    # restarts_without_progress
+    data: dict[str, Any]
 
 
 class JournalError(RuntimeError):

@@ -1,14 +1,13 @@
 """Releasing one attempt: py-spy stacks (for a hang), stop the ranks, close its rank groups, free the placement group.
 
 This is the slow part of a restart (py-spy up to 20 s a rank, TERM grace, the GPU-memory release
-wait up to a minute), so it runs in a worker thread while the driver's loop goes on watching and
+wait up to a minute), so it runs in a worker thread while the controller goes on watching and
 starting the other jobs. Nothing here writes the journal: it returns a `Released` that the
-driver's own thread records (SQLite connections are not shared across threads).
+controller records in its own thread (SQLite connections are not shared across threads).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -18,35 +17,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from launcher import checkpoints
 from launcher.node.host import GroupHandle, sweep_node
-from launcher.node.messages import Stopped
+from launcher.node.messages import Released, Stopped, SweepTarget, Unreleased
 
 RPC_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class Unreleased:
-    """GPUs whose memory did not come back after the job's processes were gone."""
-    bundle: int
-    gpus: list[str]
-    waited_s: float
-    still_held: dict[str, float | None]
-    job_pids_on_gpu: list[int]
-
-
-@dataclass
-class Released:
-    exit_codes: dict[int, int | None] = field(default_factory=dict)
-    still_alive: list[int] = field(default_factory=list)
-    unreleased: list[Unreleased] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)       # for the journal's events, in order
-    checkpoint_problem: str | None = None                # what `verify` found wrong with the checkpoint asked about
-
-
-@dataclass(frozen=True)
-class SweepTarget:
-    """What the journal recorded on one node, for when its agent cannot answer."""
-    node: str
-    records: list[tuple[int, float, bool]]   # (pid, create_time, is_rank_leader)
 
 
 def release(run_id: str, agents: list[GroupHandle], pg: PlacementGroup | None, grace: float, dump_stacks: bool,

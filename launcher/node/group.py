@@ -113,7 +113,7 @@ class RankGroup:
 
     def wait_exit(self, timeout: float) -> bool:
         """Block (in one of the host's threads) until one more rank has exited than at the last
-        return, or `timeout` passes: the driver waits on this call's reference, so an exit is seen
+        return, or `timeout` passes: the executor waits on this call's reference, so an exit is seen
         at once, not at the next poll."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -5,7 +5,7 @@ zero-CPU task inside the bundle (`bundle_info`, milliseconds on Ray's pre-starte
 which GPU ids Ray gave it. The host then spawns the ranks on exactly those GPUs. What goes is a
 new actor process per job (a Python start and `import ray` each time). Another run or user of a
 shared cluster can never get those GPUs: they stay reserved by the placement group until the
-driver removes it, after the ranks are gone; the host itself holds no GPU and no CPU.
+executor removes it, after the ranks are gone; the host itself holds no GPU and no CPU.
 
 The host is threaded: a slow call for one job (py-spy of a hung rank, a TERM grace, the GPU
 release wait) never holds up another job's poll. Calls for one group are serialised by its lock,
@@ -127,7 +127,7 @@ def sweep_node(run_id: str, records: list[tuple[int, float, bool]]) -> list[int]
 
 @dataclass(frozen=True)
 class GroupHandle:
-    """One job's rank group on one node's host, as the driver and the release thread call it."""
+    """One job's rank group on one node's host, as the executor and the release thread call it."""
     host: Any          # ActorHandle of the NodeHost
     key: str
 

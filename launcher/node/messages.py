@@ -1,6 +1,6 @@
-"""What a node host sends back to the driver, as typed objects (pickled by Ray as they are).
+"""What a node host sends back to the executor (launcher/node/executor.py), as typed objects (pickled by Ray as they are).
 
-Nothing crosses the actor boundary as a dict read by string keys: the driver, the release thread
+Nothing crosses the actor boundary as a dict read by string keys: the executor, the release thread
 and the supervisor's watch read these fields, and a renamed field fails at once, everywhere.
 """
 
@@ -71,3 +71,29 @@ class Stopped:
     still_alive: list[int]
     release: Release | None            # None: no probe (the group never started its ranks)
     gpus: list[str]
+
+
+@dataclass(frozen=True)
+class Unreleased:
+    """GPUs whose memory did not come back after the job's processes were gone."""
+    bundle: int
+    gpus: list[str]
+    waited_s: float
+    still_held: dict[str, float | None]
+    job_pids_on_gpu: list[int]
+
+
+@dataclass
+class Released:
+    exit_codes: dict[int, int | None] = field(default_factory=dict)
+    still_alive: list[int] = field(default_factory=list)
+    unreleased: list[Unreleased] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)       # for the journal's events, in order
+    checkpoint_problem: str | None = None                # what `verify` found wrong with the checkpoint asked about
+
+
+@dataclass(frozen=True)
+class SweepTarget:
+    """What the journal recorded on one node, for when its agent cannot answer."""
+    node: str
+    records: list[tuple[int, float, bool]]   # (pid, create_time, is_rank_leader)

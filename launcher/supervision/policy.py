@@ -2,7 +2,7 @@
 
 `FailurePolicy.decide` takes the failure class and the job's history and returns a `Decision`:
 restart (after a back-off), restart elsewhere (the node was lost), restart with a smaller
-micro-batch (OOM), or give up. The driver and the simulator act on the same decisions.
+micro-batch (OOM), or give up. The controller and the simulator act on the same decisions.
 """
 
 from __future__ import annotations

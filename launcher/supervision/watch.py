@@ -1,6 +1,6 @@
 """Watching one attempt, kept pure: given what the agents report, is it running, done, or failed how.
 
-The driver feeds `observe()` with agent reports and acts on the verdict (what then happens is
+The controller feeds `observe()` with agent reports and acts on the verdict (what then happens is
 `supervision.policy`); tests step it one report at a time with made-up reports, no processes needed.
 """
 
@@ -43,7 +43,7 @@ class AttemptWatch:
 
     Progress is anything the slowest rank moves: its step, the job's phase (evaluating, saving,
     back to training: each phase is timed from its own start), or its work units inside a phase
-    (evaluation batches). Times are when the agents observed the ranks, not when the driver got
+    (evaluation batches). Times are when the agents observed the ranks, not when the controller got
     round to judging them: a loop busy with another job must not turn that delay into a hang.
     """
 

@@ -44,3 +44,14 @@ def test_every_package_directory_ships_in_the_wheel() -> None:
     on_disk = {".".join(p.parent.relative_to(REPO).parts) for top in ("launcher", "methods")
                for p in (REPO / top).rglob("__init__.py")}
     assert on_disk - listed == set()
+
+
+def test_the_controller_scheduling_supervision_and_simulator_import_no_ray() -> None:
+    """The controller runs on any executor (tests/unit/launcher/control drives an in-memory one):
+    Ray stays behind launcher.node, and the controller's unit tests need no cluster."""
+    mods = [".".join(p.with_suffix("").relative_to(REPO).parts) for d in ("control", "scheduling", "supervision", "sim")
+            for p in sorted((REPO / "launcher" / d).glob("*.py")) if p.name != "__init__.py"]
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {mods!r}]; "
+            "print(' '.join(m for m in ('ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert len(mods) > 10 and out.stdout.strip() == ""

@@ -1,0 +1,123 @@
+"""What the controller asks of the machinery that runs ranks, and what comes back, as typed objects.
+
+The controller (launcher/control/controller.py) never touches Ray: it gives orders (reserve GPUs,
+start ranks, release an attempt) to an `Executor` and reacts to the `Event`s its `wait` returns.
+`launcher.node.executor.RayExecutor` is the one that runs jobs (placement groups, node hosts);
+the controller's unit tests drive an in-memory one with a fake clock, as Ray Train v2 tests its
+controller. Every order and event names the job and the attempt, so a late event of an attempt
+that was already given up is recognised and dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Union
+
+from launcher.node.messages import AgentReport, BundleInfo, Released, Started, SweepTarget
+from launcher.scheduling.model import Shape
+from launcher.supervision.failure import Verdict
+
+
+@dataclass(frozen=True)
+class ReserveOrder:
+    """Hold `shape` on `nodes` (what the books chose; Ray has the last word) for one attempt."""
+    job: str
+    attempt: int
+    shape: Shape
+    nodes: tuple[str, ...]
+    cpus_per_node: float = 0.0
+
+
+@dataclass(frozen=True)
+class StartOrder:
+    """Spawn the attempt's ranks in the bundles it got: `bundles[i]` runs ranks i*g .. (i+1)*g-1."""
+    job: str
+    attempt: int
+    bundles: tuple[BundleInfo, ...]
+    gpus_per_node: int
+    world_size: int
+    job_root: Path
+    job_file: Path
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ReleaseOrder:
+    """Stop the attempt's ranks and give its GPUs back (`keep`: offer the reservation to the next
+    placement of the same shape there, as the job ended cleanly)."""
+    job: str
+    attempt: int
+    grace: float
+    dump_stacks: bool = False
+    sweeps: dict[int, SweepTarget] | None = None    # per bundle: what the journal recorded there
+    verify: Path | None = None                      # a checkpoint to verify in full once the ranks are gone
+    keep: bool = False
+
+
+@dataclass(frozen=True)
+class Reserved:
+    job: str
+    attempt: int
+    bundles: tuple[BundleInfo, ...]
+
+
+@dataclass(frozen=True)
+class Spawned:
+    job: str
+    attempt: int
+    replies: tuple[Started, ...]
+
+
+@dataclass(frozen=True)
+class Reported:
+    """Every node's report of one look at the attempt's ranks."""
+    job: str
+    attempt: int
+    reports: tuple[AgentReport, ...]
+
+
+@dataclass(frozen=True)
+class AttemptFailed:
+    """The attempt cannot go on for a reason outside its ranks' heartbeats: its GPUs could not be
+    read, a node host died or stopped answering (`lost`), the ranks could not be spawned (`crash`)."""
+    job: str
+    attempt: int
+    verdict: Verdict
+    detail: str
+
+
+@dataclass(frozen=True)
+class ReleaseDone:
+    job: str
+    attempt: int
+    released: Released
+
+
+Event = Union[Reserved, Spawned, Reported, AttemptFailed, ReleaseDone]
+
+
+class Executor(Protocol):
+    def reserve(self, order: ReserveOrder) -> None: ...
+
+    def start(self, order: StartOrder) -> None: ...
+
+    def release(self, order: ReleaseOrder) -> None:
+        """Allowed in any stage: an attempt still placing or starting is stopped too. Answered by
+        exactly one `ReleaseDone`, also for an attempt whose reservation never came to be."""
+        ...
+
+    def end_pass(self) -> None:
+        """A scheduling pass is over: reservations kept for it and not taken go back."""
+        ...
+
+    def wait(self, until: float) -> list[Event]:
+        """Events as they come: returns at once when there are some, else waits until `until`
+        (the controller's clock) or `wake`."""
+        ...
+
+    def wake(self) -> None:
+        """Thread-safe: end the current `wait` (a signal asked the run to stop)."""
+        ...
+
+    def close(self) -> None: ...
