@@ -31,7 +31,10 @@ TARGET = 0.03   # launcher's training throughput at most 3 % below torchrun's
 # diagnostic keeps the old reading so a regression shows up as the 4-5x it cost.
 RAY_AGENT_OMP = "2"
 # The tiny model runs ~35 steps/s here: a 30-step run (<1 s) measured Ray's own start-up noise, not 3 %.
-SIZES = {True: (300, 1), False: (600, 2)}   # --quick / full: steps, rounds
+SIZES = {True: (300, 5), False: (600, 7)}   # --quick / full: steps, rounds (>= 5: the medians stand on them)
+# Both sides run every rank with this many threads, set explicitly: the launcher through
+# resources.cpus_per_rank, torchrun through OMP_NUM_THREADS (its own default is 1 with a warning).
+THREADS = 1
 
 
 def plan_text(steps: int) -> str:
@@ -41,7 +44,7 @@ jobs:
     method: sft
     model: {{tiny: llama}}
     deepspeed: zero2
-    resources: {{nodes: 1, gpus_per_node: 2}}
+    resources: {{nodes: 1, gpus_per_node: 2, cpus_per_rank: {THREADS}}}
     checkpoint: {{every: {steps // 3}, keep: 2}}
     retry: {{max_restarts: 0}}
     hang: {{startup: 600, step: auto}}
@@ -121,7 +124,7 @@ def bench(quick: bool) -> PieceResult:
             job_dir = run.run_dir / "jobs" / "sft_tiny"
             done.append(read_run("launcher", job_dir, run.wall_s))
             path, ddir = direct_job_file(job_dir / "job-1.json", root / f"direct-{i}")
-            done.append(read_run("torchrun", ddir, torchrun(path, ddir, root / f"torchrun-{i}.log")))
+            done.append(read_run("torchrun", ddir, torchrun(path, ddir, root / f"torchrun-{i}.log", str(THREADS))))
         # The reading of a gap: torchrun again, with the thread count the launcher's ranks inherit.
         path, ddir = direct_job_file(job_dir / "job-1.json", root / "direct-omp")
         done.append(read_run("torchrun-omp", ddir, torchrun(path, ddir, root / "torchrun-omp.log", RAY_AGENT_OMP)))
@@ -130,7 +133,8 @@ def bench(quick: bool) -> PieceResult:
     steady = {h: median(r.steady_steps_per_s for r in v if r.steady_steps_per_s) for h, v in by.items()}
     wall = {h: median(r.wall_s for r in v) for h, v in by.items()}
     overhead = 1 - sps["launcher"] / sps["torchrun"]
-    what = f"tiny Llama, 2 ranks, ZeRO-2, {steps} steps, batch 2, checkpoint every {steps // 3}; {rounds} round(s), medians"
+    what = (f"tiny Llama, 2 ranks x {THREADS} thread(s) on both sides, ZeRO-2, {steps} steps, batch 2, checkpoint "
+            f"every {steps // 3}; {rounds} rounds alternating, medians")
     rows = [
         Row("training steps/s through the launcher", f"{sps['launcher']:.3f}/s", sps["launcher"],
             baseline=f"torchrun {sps['torchrun']:.3f}/s", target="overhead <= 3 %",
