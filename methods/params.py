@@ -174,6 +174,10 @@ class SyntheticParams(Params):
                                                                "the kernel's OOM killer ends it (needs root)")
     ignore_sigterm: bool = Field(False, description="every rank ignores SIGTERM, as scripts that trap it to save "
                                                    "do: stopping them takes the whole grace, then SIGKILL")
+    cuda_mib_per_sample: float = Field(0.0, ge=0, description="hold this much real GPU memory per sample of the "
+                                                               "micro-batch (training.batch_size) from the start, as a "
+                                                               "model's activations would: too much is a real CUDA OOM, "
+                                                               "and a halved micro-batch fits again (bench/gpu_check.sh)")
     corrupt_checkpoint_at_step: int | None = Field(None, ge=1, description="after this step's checkpoint is complete, "
                                                                          "garble its state.json in place (same size: "
                                                                          "only reading it finds out)")

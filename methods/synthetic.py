@@ -48,6 +48,19 @@ def _exhaust_host_memory() -> None:
         hoard.append(bytearray(b"x" * (16 << 20)))
 
 
+def _hold_gpu_memory(mib: float) -> object:
+    """Real memory on this rank's GPU, written to so it is really backed: what an OOM needs to be real.
+    torch only here: the synthetic method otherwise imports no model and no torch."""
+    import torch
+    if not torch.cuda.is_available():
+        raise SystemExit("synthetic: params.cuda_mib_per_sample needs a CUDA device (this rank sees none)")
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    held = torch.empty(int(mib * (1 << 20)), dtype=torch.uint8, device="cuda")
+    held.fill_(1)   # raises torch.OutOfMemoryError ("CUDA out of memory") when it does not fit
+    torch.cuda.synchronize()
+    return held
+
+
 def run(job: JobFile) -> int:
     p = SyntheticParams.model_validate(job.params)
     rank = int(os.environ.get("RANK", "0"))
@@ -79,6 +92,7 @@ def run(job: JobFile) -> int:
     if faulty and p.host_oom_at_step:
         cg = oomkill.join_limited_cgroup(256 << 20)
         print(f"[synthetic] rank {rank} joined memory cgroup {cg} (256 MiB)", flush=True)
+    held = _hold_gpu_memory(p.cuda_mib_per_sample * job.training.batch_size) if p.cuda_mib_per_sample else None
     if p.spawn_child:
         # Not covered by the parent-death signal (not inherited): only the launcher's sweep ends it.
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
@@ -127,6 +141,7 @@ def run(job: JobFile) -> int:
                     (ckpt / "state.json").write_bytes(b"\x00" * size)   # the manifest's size still matches
                 checkpoints.prune(jd.checkpoints, job.checkpoint.keep)
                 beat(step, "training", loss)
+    del held
     beat(step, "done")
     if rank == 0:
         status = "failed" if p.fail_result else "succeeded"

@@ -148,3 +148,13 @@ def test_evaluation_and_save_phases_as_a_trainer_beats_them(tmp_path, monkeypatc
     at4 = [s for s in seen if s[0] == 4]
     assert [p for _, p, _ in at4] == ["training", "evaluating", "evaluating", "evaluating", "training", "saving",
                                       "training", "done"]
+
+
+def test_holding_gpu_memory_without_cuda_stops_with_the_reason() -> None:
+    import torch
+
+    from methods.synthetic import _hold_gpu_memory
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: bench/gpu_check.sh runs this for real")
+    with pytest.raises(SystemExit, match="cuda_mib_per_sample needs a CUDA device"):
+        _hold_gpu_memory(1.0)
