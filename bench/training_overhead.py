@@ -142,6 +142,12 @@ def bench(quick: bool) -> PieceResult:
             note=f"{what}; Trainer's train_steps_per_second (start-up excluded); overhead {100 * overhead:+.1f} %; "
                  "ratio = time per step, launcher / torchrun"),
     ]
+    # Paired by round (L then T, back to back): the load of the moment hits both sides of a pair alike.
+    pairs = [t.steps_per_s / l.steps_per_s for l, t in zip(by["launcher"], by["torchrun"])]
+    paired = median(pairs)
+    rows.append(Row("time per step, launcher / torchrun, median of the rounds' pairs", f"{paired:.3f} x", paired,
+                    target="<= 1.03 x", ratio=paired, met=at_most(paired - 1, TARGET),
+                    note="per round: " + ", ".join(f"{x:.3f}" for x in pairs)))
     if steady["launcher"] and steady["torchrun"]:
         ov = 1 - steady["launcher"] / steady["torchrun"]
         rows.append(Row("steady state steps/s (step 1 -> last) through the launcher", f"{steady['launcher']:.3f}/s",
