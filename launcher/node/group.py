@@ -159,7 +159,8 @@ class RankGroup:
             log = self.jd.rank_log(self.attempt, rank)
             header = f"\n===== launcher: py-spy dump of rank {rank} (pid {owned.pid}) before killing a hang =====\n"
             try:
-                out = subprocess.run([PY_SPY, "dump", "--pid", str(owned.pid), "--nonblocking"],
+                # --subprocesses: a command job's rank is a wrapper; the stack that matters is its script's
+                out = subprocess.run([PY_SPY, "dump", "--pid", str(owned.pid), "--nonblocking", "--subprocesses"],
                                      capture_output=True, text=True, timeout=20)
                 text = out.stdout + out.stderr
             except (subprocess.TimeoutExpired, OSError) as e:
