@@ -360,7 +360,7 @@ class Controller:
         self.journal.set_job(name, **progress)
         if obs.step > 0:   # the job's own speed says when it gives its GPUs back: reservations plan on it
             jr.first_step = jr.first_step or (now, obs.step)
-            end = estimates.projected_end(jr.first_step, (now, obs.step), obs.total_steps)
+            end = estimates.projected_end(jr.first_step, (now, obs.step), obs.total_steps or None)   # 0: unknown
             if end is not None:
                 self.core.expect_end(name, end)
         if self.metrics is not None:
