@@ -30,6 +30,9 @@ class Heartbeat:
     attempt: int = 1
     progress: int = 0   # work units done in this phase (evaluation batches): progress the supervisor sees
     rss_hwm_mib: float | None = None   # the rank's own peak resident memory so far (VmHWM)
+    # command jobs: seconds since each activity signal last moved (output, files, cpu, ...): what a
+    # hang verdict on a script that writes no heartbeat of its own rests on
+    signals: dict[str, float] | None = None
 
 
 def own_peak_rss_mib() -> float | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from launcher import dsconfig, pathcheck, plantext
+from launcher import commandjob, dsconfig, pathcheck, plantext
 from launcher.graph import JobGraph, find_cycle
 from launcher.layout import OUTPUTS
 from launcher.pathcheck import NAME_CHARS_MAX
@@ -370,6 +370,9 @@ class _Ctx:
         except ValidationError as e:
             self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), e, info.params))
             return None
+        if cfg.method == "command":
+            params = commandjob.resolve(params, self.plan_dir, where, self.err)
+        commandjob.check_checkpoint(cfg.method, cfg.checkpoint, where, self.err)
         name = self._name(base, where, cfg, params, combo)
         if name is None:
             return None
@@ -576,3 +579,5 @@ class _Ctx:
                     setattr(job.config.model, k, fix(f"{where}.model.{k}", v))
         for role, d in list(job.data.items()):
             job.data[role] = d.model_copy(update={"source": fix(f"{where}.data.{role}", d.source)})
+        if job.config.method == "command":   # a script's arguments may name an upstream job's outputs
+            job.method_params["argv"] = [fix(f"{where}.params.argv", a) for a in job.method_params["argv"]]

@@ -84,7 +84,10 @@ def job_file(plan: Plan, job: Job, rd: RunDir, attempt: int, resume_from: str | 
             if v:
                 setattr(model, k, fill_refs(v, rd))
     data = {r: DataSource(**{**d.model_dump(), "source": fill_refs(d.source, rd)}) for r, d in job.data.items()}
-    return JobFile(run_id=rd.root.name, job=job.name, method=job.config.method, params=job.method_params, model=model,
+    params = job.method_params
+    if job.config.method == "command":
+        params = {**params, "argv": [fill_refs(a, rd) for a in params["argv"]]}
+    return JobFile(run_id=rd.root.name, job=job.name, method=job.config.method, params=params, model=model,
                    data=data, training=job.config.training, deepspeed=job.ds_config, checkpoint=job.config.checkpoint,
                    resources=job.config.resources, job_dir=str(rd.job(job.name).root), attempt=attempt,
                    resume_from=resume_from, upstream={u: str(rd.job(u).root) for u in job.needs})

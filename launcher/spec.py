@@ -116,6 +116,13 @@ class Resources(Strict):
 class CheckpointSpec(Strict):
     every: int = Field(50, ge=1, description="save every N optimizer steps")
     keep: int = Field(2, ge=2, description="complete checkpoints kept (at least 2, so a broken newest has a fallback)")
+    # command jobs: the script saves its own checkpoints; these say where, when one is whole, and how to resume
+    glob: str | None = Field(None, description="command jobs: the script's checkpoint directories, relative to the job "
+                                               "directory (e.g. out/checkpoint-*); the step is the number in the name")
+    complete: str = Field("trainer_state.json", description="command jobs: the file whose presence makes a checkpoint "
+                                                            "whole (the HF Trainer writes trainer_state.json last)")
+    resume_arg: list[str] | None = Field(None, description="command jobs: appended to argv on a restart, {checkpoint} "
+                                                           "replaced by the newest whole checkpoint")
 
 
 class RetrySpec(Strict):

@@ -181,3 +181,31 @@ class SyntheticParams(Params):
     corrupt_checkpoint_at_step: int | None = Field(None, ge=1, description="after this step's checkpoint is complete, "
                                                                          "garble its state.json in place (same size: "
                                                                          "only reading it finds out)")
+
+
+Signal = Literal["progress", "output", "files", "cpu", "gpu", "heartbeat"]
+SIGNALS: tuple[str, ...] = ("progress", "output", "files", "cpu", "gpu", "heartbeat")
+
+
+class CommandParams(Params):
+    """Your own script or command line, unchanged: one process per rank with torchrun's environment
+    (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT, CUDA_VISIBLE_DEVICES).
+    Progress is read from what it does anyway: its output, its files, its CPU and GPU time."""
+
+    # Not required by the schema (a plan's defaults.params may leave it to each job); the loader
+    # refuses a command job without one (launcher/commandjob.py).
+    argv: list[str] = Field(default_factory=list, description="the command, one item per argument (no shell): "
+                                                           "{dir} is the job's directory, {rank} the rank, {env:NAME} "
+                                                           "a variable of the job's env")
+    root: str | None = Field(None, description="where a relative cwd starts (e.g. a checkout of the paper's "
+                                               "repository); default the plan file's directory")
+    cwd: str | None = Field(None, description="where it runs, relative to root; default root itself, so relative "
+                                              "script paths resolve there")
+    progress: str = Field("auto", description="auto (the HF Trainer's log dicts and progress bar, tqdm's N/M, 'step "
+                                              "N[/M]'), a regex with named groups step (and total, loss), or off")
+    signals: list[Signal] = Field(default_factory=lambda: list(SIGNALS),
+                                  description="what counts as activity; a hang is declared only when every one of "
+                                              "them stayed flat for the phase's timeout. Drop cpu (and gpu) to catch "
+                                              "a rank spinning in a stuck collective")
+    cpu_floor: float = Field(0.02, ge=0, description="cpu: CPU seconds per second of the rank's process tree below "
+                                                     "which it counts as idle")

@@ -48,5 +48,7 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("steermoe", P.SteerMoEParams, "methods.steermoe", required_data=("train",), optional_data=("experts",),
                    outputs=("dir", "result", "metrics", "checkpoints")),
         MethodInfo("synthetic", P.SyntheticParams, "methods.synthetic", needs_model=False, uses_deepspeed=False),
+        # The researcher's own script: it brings its own model, data and DeepSpeed (if any).
+        MethodInfo("command", P.CommandParams, "methods.command", needs_model=False, uses_deepspeed=False),
     )
 }

@@ -108,6 +108,10 @@ class AttemptWatch:
         if limit is not None and idle > limit:
             obs.verdict = Verdict.HANG
             obs.detail = f"no progress for {idle:.0f}s in phase {phase} (timeout {limit:.0f}s) at step {step}"
+            watched = [b for b in beats if b.signals]
+            if watched:   # a command job: what each signal said, for the rank that moved least
+                b = min(watched, key=lambda b: b.progress)
+                obs.detail += f"; rank {b.rank}'s signals idle: " + ", ".join(f"{k} {v:.0f}s" for k, v in b.signals.items())
         return obs
 
     def _learn(self, phase: str, step: int, units: int, now: float) -> None:

@@ -312,3 +312,24 @@ def test_a_sigkill_without_the_oom_counter_moving_is_a_crash():
     w = watch()
     w.observe([rank(0, 5)], now=T0 + 1)
     assert w.observe([rank(0, 5, exit_code=-9)], now=T0 + 2).verdict == "crash"
+
+
+# --------------------------------------------------------------------------- command jobs
+
+def script(r: int, ticks: int, signals: dict[str, float]) -> RankStatus:
+    hb = Heartbeat(rank=r, step=1, total_steps=0, phase="training", time=0.0, pid=4000 + r, progress=ticks,
+                   signals=signals)
+    return RankStatus(rank=r, pid=4000 + r, create_time=1.0, exit_code=None, heartbeat=hb)
+
+
+def test_a_silent_script_that_keeps_working_is_never_a_hang_and_a_flat_one_is():
+    """The command wrapper's activity ticks are progress: only when every signal stays flat does
+    the step timeout run out, and the verdict says which rank's signals were idle how long."""
+    w = watch(step=30)
+    for t in range(0, 600, 10):   # ten minutes, not a line of output, but CPU and files moving
+        assert w.observe([script(0, t, {"output": float(t)}), script(1, t, {"output": float(t)})],
+                         now=T0 + t).verdict == "running"
+    flat = {"output": 700.0, "files": 40.0, "cpu": 40.0}
+    obs = w.observe([script(0, 590, flat), script(1, 600, flat)], now=T0 + 631)
+    assert obs.verdict == "hang"
+    assert obs.detail.endswith("rank 0's signals idle: output 700s, files 40s, cpu 40s")
