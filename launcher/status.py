@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from launcher import driver_lock
+from launcher import driver_lock, heartbeat
 from launcher.journal import Journal
 from launcher.layout import RunDir
 
@@ -81,6 +81,7 @@ def collect(rd: RunDir) -> dict[str, Any]:
             rate, eta = speed(rd, row["name"], row["step"], row["total_steps"]) if row["state"] == "running" else (None, None)
             jobs.append({
                 "steps_per_s": rate, "eta_s": eta,
+                "signals": signals(rd, row["name"]) if row["state"] == "running" else None,
                 "name": row["name"], "method": row["method"], "state": row["state"], "step": row["step"],
                 "total_steps": row["total_steps"], "loss": row["loss"], "needs": _loads(row["needs"], []),
                 "world_size": row["world_size"], "reason": row["reason"], "restarts": max(0, len(att) - 1),
@@ -90,6 +91,17 @@ def collect(rd: RunDir) -> dict[str, Any]:
                 "ended": run["ended"], "plan": run["plan_file"], "driver": driver_state(rd, run["state"]), "jobs": jobs}
     finally:
         j.close()
+
+
+def signals(rd: RunDir, job: str) -> dict[int, dict[str, float]] | None:
+    """A command job's ranks, as their last heartbeats say: seconds since each activity signal
+    (output, files, cpu, ...) last moved. None for jobs whose ranks report steps themselves."""
+    out = {}
+    for path in sorted(rd.job(job).heartbeats.glob("rank-*.json")):
+        hb = heartbeat.read(path)
+        if hb is not None and hb.signals:
+            out[hb.rank] = hb.signals
+    return out or None
 
 
 def driver_state(rd: RunDir, state: str) -> str | None:

@@ -50,3 +50,16 @@ def test_all_lists_every_job():
     assert status.shown_jobs(jobs, all_jobs=True) == (jobs, {})
     text = _text(_st(jobs), all_jobs=True)
     assert f"sweep_{status.FOLD_OVER:04d}" in text and "not listed" not in text
+
+
+def test_a_command_jobs_signals_come_from_its_ranks_heartbeats(tmp_path):
+    from launcher.heartbeat import Heartbeat, write
+    from launcher.layout import RunDir
+    rd = RunDir(tmp_path / "r1")
+    hb = rd.job("mine").heartbeat(1)
+    hb.parent.mkdir(parents=True)
+    write(hb, Heartbeat(rank=1, step=1, total_steps=0, phase="training", signals={"output": 40.0, "cpu": 0.0}))
+    write(rd.job("mine").heartbeat(0).with_name("script-rank-0.json"), Heartbeat(rank=0, step=3, total_steps=9,
+                                                                                  phase="training"))
+    assert status.signals(rd, "mine") == {1: {"output": 40.0, "cpu": 0.0}}
+    assert status.signals(rd, "other") is None
