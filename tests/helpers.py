@@ -84,8 +84,13 @@ def save_random_adapter(path: Path, model_seed: int = 3, lora: LoraSpec | None =
 
     from methods.models import byte_tokenizer, lora_config, tiny_model
 
-    model = get_peft_model(tiny_model("llama", byte_tokenizer(), {}, model_seed),
-                           lora_config(lora or LoraSpec(r=4, alpha=8, dropout=0.0)))
+    # PEFT draws lora_A from the global RNG: seeded here, or the adapter (and every answer generated
+    # with it) depends on what this process happened to draw before (the stacked-chain eval test
+    # failed on a cold machine so: its 7 answers came out empty).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_seed)
+        model = get_peft_model(tiny_model("llama", byte_tokenizer(), {}, model_seed),
+                               lora_config(lora or LoraSpec(r=4, alpha=8, dropout=0.0)))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
