@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from launcher.plan import load_plan
+import pytest
+
+from launcher.plan import PlanError, load_plan
 from launcher.resources import ClusterShape
+from tests.helpers import REPO, fake_lisa_checkout
 
 
 def write(tmp_path: Path, job: str) -> Path:
@@ -43,10 +49,7 @@ def test_checkpoint_keys_of_command_jobs(problems) -> None:   # type: ignore[no-
 
 
 def test_the_shipped_lisa_plan_runs_the_official_scripts_in_a_checkout(tmp_path: Path) -> None:
-    from tests.helpers import REPO
-    for f in ("train.py", "poison/evaluation/pred.py", "poison/evaluation/eval_sentiment.py", "sst2/pred_eval.py"):
-        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_text("")
+    fake_lisa_checkout(tmp_path)
     plan = load_plan(REPO / "plans" / "lisa_official_command.yaml", sets=[f"defaults.params.root={tmp_path}"],
                      cluster=ClusterShape.single(2))
     jobs = plan.jobs
@@ -57,9 +60,6 @@ def test_the_shipped_lisa_plan_runs_the_official_scripts_in_a_checkout(tmp_path:
 
 
 def test_the_shipped_lisa_plan_without_a_checkout_says_where_to_point_it(problems) -> None:   # type: ignore[no-untyped-def]
-    from launcher.plan import PlanError
-    from tests.helpers import REPO
-    import pytest
     with pytest.raises(PlanError) as e:
         load_plan(REPO / "plans" / "lisa_official_command.yaml", cluster=ClusterShape.single(2))
     msgs = {p.key: p.message for p in e.value.problems}
@@ -67,14 +67,8 @@ def test_the_shipped_lisa_plan_without_a_checkout_says_where_to_point_it(problem
 
 
 def test_readmes_lisa_command_line_dry_runs_against_a_checkout(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
 
-    from tests.helpers import REPO
-    for f in ("train.py", "poison/evaluation/pred.py", "poison/evaluation/eval_sentiment.py", "sst2/pred_eval.py"):
-        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_text("")
+    fake_lisa_checkout(tmp_path)
     out = subprocess.run([sys.executable, "-m", "launcher", "launch", "plans/lisa_official_command.yaml",
                           "--set", f"defaults.params.root={tmp_path}", "--dry-run", "--runs-dir", str(tmp_path / "runs")],
                          cwd=REPO, capture_output=True, text=True, timeout=120,

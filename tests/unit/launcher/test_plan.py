@@ -11,6 +11,7 @@ from launcher.resources import ClusterShape
 from launcher.spec import TrainingSpec
 from methods.params import LisaParams, SFTParams, SyntheticParams
 from methods.registry import METHODS
+from tests.helpers import fake_lisa_checkout
 
 REPO = Path(__file__).resolve().parents[3]
 PLANS = sorted((REPO / "plans").glob("*.yaml"))
@@ -55,9 +56,7 @@ def test_there_are_shipped_plans():
 def test_every_shipped_plan_validates(path, tmp_path):
     sets = []
     if path.name == "lisa_official_command.yaml":   # runs in a checkout of the official repository: a stand-in
-        for f in ("train.py", "poison/evaluation/pred.py", "poison/evaluation/eval_sentiment.py", "sst2/pred_eval.py"):
-            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / f).write_text("")
+        fake_lisa_checkout(tmp_path)
         sets = [f"defaults.params.root={tmp_path}"]
     plan = load_plan(path, sets=sets, cluster=ClusterShape.single(2))
     assert plan.jobs
