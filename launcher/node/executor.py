@@ -173,13 +173,14 @@ class RayExecutor:
             refs = self._pending_refs()
             due = min([until, *(lv.poll_sent + POLL_S for lv in self.live.values()
                                 if lv.running and lv.poll_refs is None)])
-            left = due - time.time()
-            if left <= 0:
-                continue
-            if refs:   # in slices: a release ends in a worker thread, not as a Ray reference
-                ray.wait(refs, num_returns=1, timeout=min(left, 0.05))
-            else:
-                self.woken.wait(min(left, 0.05))
+            # Look again only when something resolved, a release ended (woken) or a poll is due: a
+            # look at every slice would ask Ray about every live attempt 20 times a second.
+            while not self.woken.is_set() and (left := due - time.time()) > 0:
+                if refs:   # in slices: a release ends in a worker thread, not as a Ray reference
+                    if ray.wait(refs, num_returns=1, timeout=min(left, 0.05))[0]:
+                        break
+                else:
+                    self.woken.wait(min(left, 0.05))
 
     def _pending_refs(self) -> list[Any]:
         refs: list[Any] = []
