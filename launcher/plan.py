@@ -105,6 +105,20 @@ class Job:
     ds_config: dict[str, Any] | None
     sweep: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def ranks_per_node(self) -> int:
+        """Processes the launcher starts on each node: one per GPU, or one in all for a command job
+        whose own launcher (torchrun, deepspeed, accelerate) starts the workers."""
+        single = self.config.method == "command" and self.method_params.get("launcher") == "single"
+        return 1 if single else self.config.resources.gpus_per_node
+
+    @property
+    def micro_batch(self) -> tuple[int, int]:
+        """(micro-batch, accumulation) an OOM may halve: a command job's script has its own flags, so
+        the launcher has nothing to change there and restarts it as it was."""
+        t = self.config.training
+        return (1, 1) if self.config.method == "command" else (t.batch_size, t.grad_accum)
+
 
 @dataclass
 class Plan:

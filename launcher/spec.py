@@ -125,11 +125,18 @@ class CheckpointSpec(Strict):
                                                            "replaced by the newest whole checkpoint")
 
 
+ExitClass = Literal["crash", "oom", "lost", "fatal"]
+
+
 class RetrySpec(Strict):
     max_restarts: int = Field(2, ge=0, description="restarts after a crash, hang, OOM or lost node")
     backoff: float = Field(5.0, ge=0, description="seconds before the first restart; doubles each time")
     backoff_max: float = Field(300.0, ge=0, description="cap on the doubling backoff, seconds")
     no_progress_limit: int = Field(3, ge=1, description="give up after this many restarts in a row without a new checkpoint")
+    on_exit_codes: dict[int, ExitClass] = Field(
+        default_factory=dict, description="a rank's exit code -> what it means: crash (restart), oom, lost (the node: "
+                                          "restart elsewhere) or fatal (no restart: the same input fails the same "
+                                          "way), e.g. {2: fatal, 75: lost}; the kernel's OOM killer still counts as oom")
 
 
 class HangSpec(Strict):
@@ -167,7 +174,7 @@ class HangSpec(Strict):
 
 
 JobState = Literal["pending", "running", "succeeded", "failed", "skipped", "killed"]
-FailureClass = Literal["crash", "hang", "oom", "lost", "killed"]
+FailureClass = Literal["crash", "hang", "oom", "lost", "fatal", "killed"]
 
 
 class JobFile(Strict):

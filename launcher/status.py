@@ -104,6 +104,15 @@ def signals(rd: RunDir, job: str) -> dict[int, dict[str, float]] | None:
     return out or None
 
 
+def signals_note(signals: dict[int, dict[str, float]] | None) -> str:
+    """The table's word on a running command job: the rank whose freshest signal is oldest (the one
+    a hang verdict would be about), its signals from most to least recently moved."""
+    if not signals:
+        return ""
+    rank, idle = max(signals.items(), key=lambda kv: (min(kv[1].values(), default=0.0), -kv[0]))
+    return f"idle (rank {rank}): " + ", ".join(f"{k} {v:.0f}s" for k, v in sorted(idle.items(), key=lambda kv: kv[1]))
+
+
 def driver_state(rd: RunDir, state: str) -> str | None:
     """For a run the journal calls running: "alive" while a driver holds its lock, "gone" when none
     does (SIGKILLed, its machine rebooted: only bin/resume continues it). None otherwise, and for
@@ -171,7 +180,8 @@ def table(st: dict[str, Any], all_jobs: bool = False) -> Table:
         cells = [job["name"], job["method"], Text(job["state"], style=STATE_STYLE.get(job["state"], "")),
                  str(last["n"]) if last else "-", step, f"{job['loss']:.4f}" if job["loss"] is not None else "-",
                  f"{job['steps_per_s']:.2f}" if job["steps_per_s"] else "-",
-                 _duration(job["eta_s"]) if job["eta_s"] is not None else "-", node, gpus, str(job["restarts"]), job["reason"] or ""]
+                 _duration(job["eta_s"]) if job["eta_s"] is not None else "-", node, gpus, str(job["restarts"]),
+                 "; ".join(filter(None, [job["reason"], signals_note(job.get("signals"))]))]
         # Text cells: plan values and reasons may contain [brackets] that rich would read as markup.
         t.add_row(*[c if isinstance(c, Text) else Text(c) for c in cells])
     t.caption = f"dir: {st['dir']}"

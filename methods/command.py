@@ -5,7 +5,9 @@ script as its child in the same process group, copies the script's output to the
 comes, and once a second turns what it can see into the heartbeat the supervisor judges: the step
 its output gives, output bytes, files changing under the job directory, the CPU time of its process
 tree, its GPU memory and utilisation, and a heartbeat file of its own if it writes one
-(`$SL_HEARTBEAT_FILE`, the built-in methods' format). On a restart it appends the resume arguments
+(`$SL_HEARTBEAT_FILE`, the built-in methods' format). With `launcher: single` this is the node's
+only process, and the script is a launcher line that starts the workers itself (its output, CPU
+time and files are theirs too). On a restart it appends the resume arguments
 for the newest whole checkpoint the script saved. Its exit code is the script's.
 """
 
@@ -45,17 +47,42 @@ def _die_with_parent() -> None:
 ENV_RE = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _fill(arg: str, job: JobFile, rank: int) -> str:
-    """{dir}, {rank} and {env:NAME} (the rank's environment, which holds the plan's `env`)."""
+# What a torchrun-style rank reads, and what a node-level launcher line must not inherit from us:
+# torchrun, deepspeed and accelerate set them for the workers they start.
+RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def placeholders(job: JobFile, rank: int) -> dict[str, str]:
+    """The argv's {names}: where the job runs, and what a launcher line (torchrun --nnodes ...) needs."""
+    r = job.resources
+    return {"dir": job.job_dir, "rank": str(rank), "nnodes": str(r.nodes),
+            "node_rank": os.environ.get("NODE_RANK", "0"), "nproc_per_node": str(r.gpus_per_node),
+            "master_addr": os.environ.get("MASTER_ADDR", "127.0.0.1"), "master_port": os.environ.get("MASTER_PORT", "")}
+
+
+def _fill(arg: str, names: dict[str, str]) -> str:
+    """{dir}, {rank}, the launcher-line names, and {env:NAME} (the rank's environment, which holds the plan's `env`)."""
     def env(m: re.Match[str]) -> str:
         if m.group(1) not in os.environ:
             raise SystemExit(f"[command] {arg!r} names {m.group(0)}, which is not set: add it to the job's env")
         return os.environ[m.group(1)]
-    return ENV_RE.sub(env, arg.replace("{dir}", job.job_dir).replace("{rank}", str(rank)))
+    for k, v in names.items():
+        arg = arg.replace("{" + k + "}", v)
+    return ENV_RE.sub(env, arg)
+
+
+def script_env(p: CommandParams, job: JobFile, script_hb: Path) -> dict[str, str]:
+    env = dict(os.environ, SL_HEARTBEAT_FILE=str(script_hb), SL_JOB_DIR=job.job_dir)
+    if p.launcher == "single":   # one process for the node: its own launcher numbers the workers
+        for k in RANK_VARS:
+            env.pop(k, None)
+        env.update(NNODES=str(job.resources.nodes), NPROC_PER_NODE=str(job.resources.gpus_per_node))
+    return env
 
 
 def build_argv(p: CommandParams, job: JobFile, rank: int) -> list[str]:
-    argv = [_fill(a, job, rank) for a in p.argv]
+    names = placeholders(job, rank)
+    argv = [_fill(a, names) for a in p.argv]
     ck = job.checkpoint
     if ck.glob and ck.resume_arg:
         src = command_ckpt.resume_source(job.resume_from, Path(job.job_dir), ck.glob, ck.complete)
@@ -182,7 +209,7 @@ def run(job: JobFile) -> int:
             signals=act.idle(now) if act else None))
 
     beat("loading", None, time.time())
-    env = dict(os.environ, SL_HEARTBEAT_FILE=str(script_hb), SL_JOB_DIR=job.job_dir)
+    env = script_env(p, job, script_hb)
     try:
         child = subprocess.Popen(argv, cwd=p.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  preexec_fn=_die_with_parent)

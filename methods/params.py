@@ -189,14 +189,21 @@ SIGNALS: tuple[str, ...] = ("progress", "output", "files", "cpu", "gpu", "heartb
 
 class CommandParams(Params):
     """Your own script or command line, unchanged: one process per rank with torchrun's environment
-    (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT, CUDA_VISIBLE_DEVICES).
-    Progress is read from what it does anyway: its output, its files, its CPU and GPU time."""
+    (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT, CUDA_VISIBLE_DEVICES), or
+    (`launcher: single`) one per node for a launcher line that starts its own workers. Progress is
+    read from what it does anyway: its output, its files, its CPU and GPU time."""
 
     # Not required by the schema (a plan's defaults.params may leave it to each job); the loader
     # refuses a command job without one (launcher/commandjob.py).
     argv: list[str] = Field(default_factory=list, description="the command, one item per argument (no shell): "
                                                            "{dir} is the job's directory, {rank} the rank, {env:NAME} "
-                                                           "a variable of the job's env")
+                                                           "a variable of the job's env; {nnodes}, {node_rank}, "
+                                                           "{nproc_per_node}, {master_addr}, {master_port} for a "
+                                                           "launcher line")
+    launcher: Literal["per_rank", "single"] = Field(
+        "per_rank", description="per_rank: one process per GPU with torchrun's environment; single: one process per "
+                                "node that sees all the node's GPUs and starts its own workers (torchrun, deepspeed, "
+                                "accelerate launch), given NNODES, NODE_RANK, NPROC_PER_NODE, MASTER_ADDR/PORT")
     root: str | None = Field(None, description="where a relative cwd starts (e.g. a checkout of the paper's "
                                                "repository); default the plan file's directory")
     cwd: str | None = Field(None, description="where it runs, relative to root; default root itself, so relative "

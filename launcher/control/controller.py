@@ -292,7 +292,8 @@ class Controller:
                       kind="checkpoint")
         a.resumed_from = str(resume) if resume else None
         a.start_step = (checkpoints.step_of(resume) or 0) if resume else 0
-        a.watch = AttemptWatch(job.config.hang, started=self.clock(), learned=jr.learned)
+        a.watch = AttemptWatch(job.config.hang, started=self.clock(), learned=jr.learned,
+                               exit_classes=dict(job.config.retry.on_exit_codes))
         # The row exists from here on: whatever happens to the start, the attempt is on record.
         self.journal.start_attempt(job.name, a.n, [], a.resumed_from, a.start_step, jr.changes or None, state="starting")
         a.recorded = True
@@ -302,7 +303,8 @@ class Controller:
         # oversubscribe the cores with (4x slower here); like torchrun, a rank gets its own share.
         env = {"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_rank))), **self.env.get(job.name, {})}
         jr.state = JobState.STARTING
-        self.ex.start(StartOrder(job.name, a.n, ev.bundles, r.gpus_per_node, r.world_size, self.rd.job(job.name).root,
+        self.ex.start(StartOrder(job.name, a.n, ev.bundles, job.ranks_per_node, r.nodes * job.ranks_per_node,
+                                 self.rd.job(job.name).root,
                                  path, env))
 
     def _on_spawned(self, jr: JobRun, ev: Spawned) -> None:
@@ -472,7 +474,7 @@ class Controller:
         self._say(f"attempt {a.n} failed ({obs.verdict}): {obs.detail}", name, kind="failure")
         t = jr.job.config.training
         d = FailurePolicy(jr.job.config.retry).decide(
-            Verdict(obs.verdict), History(jr.attempts - 1, jr.restarts_without_progress, t.batch_size, t.grad_accum,
+            Verdict(obs.verdict), History(jr.attempts - 1, jr.restarts_without_progress, *jr.job.micro_batch,
                                           tuple(h["node"] for h in a.placement)))
         if d.batch is not None:
             before = changes.shrink_micro_batch(jr, d.batch)

@@ -31,11 +31,12 @@ class ReserveOrder:
 
 @dataclass(frozen=True)
 class StartOrder:
-    """Spawn the attempt's ranks in the bundles it got: `bundles[i]` runs ranks i*g .. (i+1)*g-1."""
+    """Spawn the attempt's ranks in the bundles it got: `bundles[i]` runs ranks i*r .. (i+1)*r-1, r =
+    `ranks_per_node` (the GPUs per node, or 1 for a command job that starts its own workers)."""
     job: str
     attempt: int
     bundles: tuple[BundleInfo, ...]
-    gpus_per_node: int
+    ranks_per_node: int
     world_size: int
     job_root: Path
     job_file: Path

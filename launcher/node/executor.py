@@ -124,7 +124,7 @@ class RayExecutor:
             if len(o.bundles) > 1:   # rank 0's node publishes MASTER_ADDR and a free port to the others
                 port = ray.get(self.hosts.host(b0.node).free_port.remote(), timeout=RPC_TIMEOUT_S)
                 master = (b0.ip, port)
-            g = o.gpus_per_node
+            g = o.ranks_per_node
             for i, b in enumerate(o.bundles):
                 h = GroupHandle(self.hosts.host(b.node), f"{o.job}/{o.attempt}/node{i}")
                 lv.agents.append(h)

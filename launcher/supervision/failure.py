@@ -16,6 +16,7 @@ class Verdict(StrEnum):
     HANG = "hang"        # no progress for the phase's timeout
     OOM = "oom"          # CUDA out of memory in a rank's log, or the kernel's OOM killer
     LOST = "lost"        # a node agent died or stopped answering: the node, not the job
+    FATAL = "fatal"      # an exit code the plan says a restart cannot mend (retry.on_exit_codes)
 
     @property
     def is_failure(self) -> bool:

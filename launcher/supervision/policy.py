@@ -59,6 +59,9 @@ class FailurePolicy:
         # An OOM's smaller micro-batch is kept even when giving up: bin/resume starts with it.
         smaller = smaller_micro_batch(h.batch_size, h.grad_accum) if failure == Verdict.OOM else None
         batch = BatchChange(*smaller) if smaller else None
+        if failure == Verdict.FATAL:
+            return Decision(Action.GIVE_UP, 0, "fatal (retry.on_exit_codes): a restart would fail the same way",
+                            batch=batch)
         if h.restarts >= r.max_restarts:
             return Decision(Action.GIVE_UP, 0, f"{failure}; gave up after {h.restarts} restart(s) (retry.max_restarts)",
                             batch=batch)

@@ -7,6 +7,7 @@ The controller feeds `observe()` with agent reports and acts on the verdict (wha
 from __future__ import annotations
 
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from launcher.heartbeat import Heartbeat
@@ -15,6 +16,16 @@ from launcher.spec import HangSpec
 from launcher.supervision.failure import Verdict
 
 OOM_RE = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc", re.I)
+
+
+def exit_text(code: int | None) -> str:
+    """An exit code as people read it: -9 (our child, killed) and 137 (a shell's or a wrapper's
+    128 + 9) both say which signal ended it; the OOM killer is told apart before this is used."""
+    sig = -code if code is not None and code < 0 else (code - 128 if code is not None and 128 < code < 160 else None)
+    try:
+        return f"{code} (killed by {signal.Signals(sig).name})" if sig else str(code)
+    except ValueError:
+        return str(code)
 
 @dataclass
 class Observation:
@@ -49,6 +60,7 @@ class AttemptWatch:
 
     hang: HangSpec
     started: float = field(default_factory=time.time)
+    exit_classes: dict[int, str] = field(default_factory=dict)   # retry.on_exit_codes: exit code -> failure class
     learned: dict[str, float] = field(default_factory=dict)   # phase -> timeout; carried over from earlier attempts
     last_step: int = -1
     last_progress: float = 0.0
@@ -140,10 +152,14 @@ class AttemptWatch:
             obs.verdict = Verdict.OOM
             obs.detail = f"rank {killer.rank} exited with {killer.exit_code}: {killer.oom_killed}"
             return obs
+        mapped = next((r for r in failed if r.exit_code in self.exit_classes), None)
         oom = next((r for r in failed if OOM_RE.search("\n".join(r.log_tail[-40:]))), None)
-        r = oom or failed[0]
-        obs.verdict = Verdict.OOM if oom else Verdict.CRASH
-        obs.detail = f"rank {r.rank} exited with {r.exit_code}: " + " | ".join(r.log_tail[-5:])
+        r = mapped or oom or failed[0]
+        if mapped is not None:   # the plan knows what its script's codes mean better than its log does
+            obs.verdict = Verdict(self.exit_classes[mapped.exit_code])
+        else:
+            obs.verdict = Verdict.OOM if oom else Verdict.CRASH
+        obs.detail = f"rank {r.rank} exited with {exit_text(r.exit_code)}: " + " | ".join(r.log_tail[-5:])
         return obs
 
     def _job_phase(self, beats: list[Heartbeat], n: int) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launcher.plan import PlanError, load_plan
-from launcher.resources import ClusterShape
+from launcher.resources import ClusterShape, NodeShape
 from tests.helpers import REPO, fake_lisa_checkout
 
 
@@ -27,6 +27,13 @@ def test_a_script_next_to_the_plan_runs_there(tmp_path: Path) -> None:
     params = plan.jobs["mine"].method_params
     assert params["cwd"] == str(tmp_path.resolve()) and params["argv"][-1] == "{dir}/out"
     assert params["signals"] == ["progress", "output", "files", "cpu", "gpu", "heartbeat"]
+
+
+def test_a_launcher_line_is_one_process_per_node_and_a_script_one_per_gpu(tmp_path: Path) -> None:
+    plan = load_plan(write(tmp_path, "    params: {argv: [python, train.py]}\n    resources: {nodes: 2, gpus_per_node: 4}\n"
+                                     "  line:\n    method: command\n    params: {argv: [python, -m, torch.distributed.run, train.py], launcher: single}\n"
+                                     "    resources: {nodes: 2, gpus_per_node: 4}\n"), cluster=ClusterShape((NodeShape("a", 4, None), NodeShape("b", 4, None))))
+    assert plan.jobs["mine"].ranks_per_node == 4 and plan.jobs["line"].ranks_per_node == 1
 
 
 def test_a_missing_script_or_program_is_named_with_the_fix(problems) -> None:   # type: ignore[no-untyped-def]

@@ -63,3 +63,11 @@ def test_a_command_jobs_signals_come_from_its_ranks_heartbeats(tmp_path):
                                                                                   phase="training"))
     assert status.signals(rd, "mine") == {1: {"output": 40.0, "cpu": 0.0}}
     assert status.signals(rd, "other") is None
+
+
+def test_the_table_names_the_quietest_ranks_signals_for_a_running_command_job():
+    sig = {0: {"output": 2.0, "cpu": 0.0, "progress": 30.0}, 1: {"output": 40.0, "cpu": 12.0, "progress": 41.0}}
+    assert status.signals_note(sig) == "idle (rank 1): cpu 12s, output 40s, progress 41s"
+    assert status.signals_note(None) == ""
+    job = dict(_job(0, "running"), method="command", signals=sig)
+    assert "idle (rank 1): cpu 12s, output 40s, progress 41s" in _text(_st([job]))

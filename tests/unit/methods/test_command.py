@@ -16,11 +16,12 @@ from methods.params import CommandParams
 
 
 def job(tmp_path: Path, argv: list[str], attempt: int = 1, resume_from: str | None = None,
-        ck: CheckpointSpec | None = None) -> JobFile:
-    params = CommandParams(argv=argv, cwd=str(tmp_path)).model_dump()
+        ck: CheckpointSpec | None = None, launcher: str = "per_rank", resources: Resources | None = None) -> JobFile:
+    params = CommandParams(argv=argv, cwd=str(tmp_path), launcher=launcher).model_dump()
     return JobFile(run_id="t", job="mine", method="command", params=params, model=None, data={},
-                   training=TrainingSpec(), deepspeed=None, checkpoint=ck or CheckpointSpec(), resources=Resources(),
-                   job_dir=str(tmp_path / "mine"), attempt=attempt, resume_from=resume_from)
+                   training=TrainingSpec(), deepspeed=None, checkpoint=ck or CheckpointSpec(),
+                   resources=resources or Resources(), job_dir=str(tmp_path / "mine"), attempt=attempt,
+                   resume_from=resume_from)
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +58,23 @@ def test_the_scripts_exit_code_and_a_missing_program_are_passed_on(tmp_path: Pat
     assert command.run(job(tmp_path, [sys.executable, "-c", "import sys; sys.exit(3)"])) == 3
     assert command.run(job(tmp_path, ["/no/such/program"])) == 127
     assert not JobDir(tmp_path / "mine").result.exists()
+
+
+def test_a_launcher_line_gets_the_nodes_shape_and_none_of_a_ranks_variables(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "NODE_RANK": "1",
+                 "MASTER_ADDR": "198.18.0.2", "MASTER_PORT": "29511"}.items():
+        monkeypatch.setenv(k, v)
+    line = ["torchrun", "--nnodes", "{nnodes}", "--node_rank", "{node_rank}", "--nproc_per_node", "{nproc_per_node}",
+            "--master_addr", "{master_addr}", "--master_port", "{master_port}", "train.py"]
+    jf = job(tmp_path, line, launcher="single", resources=Resources(nodes=2, gpus_per_node=4))
+    p = CommandParams.model_validate(jf.params)
+    assert command.build_argv(p, jf, 1) == ["torchrun", "--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4",
+                                            "--master_addr", "198.18.0.2", "--master_port", "29511", "train.py"]
+    env = command.script_env(p, jf, tmp_path / "hb.json")
+    assert not set(command.RANK_VARS) & set(env)   # torchrun would otherwise read them as its own
+    assert (env["NNODES"], env["NODE_RANK"], env["NPROC_PER_NODE"], env["MASTER_PORT"]) == ("2", "1", "4", "29511")
+    # per rank, the script keeps torchrun's contract as the host set it
+    per_rank = job(tmp_path, ["python", "t.py"], resources=Resources(nodes=2, gpus_per_node=4))
+    env = command.script_env(CommandParams.model_validate(per_rank.params), per_rank, tmp_path / "hb.json")
+    assert (env["RANK"], env["WORLD_SIZE"]) == ("1", "2") and "NPROC_PER_NODE" not in env

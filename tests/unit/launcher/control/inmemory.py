@@ -98,7 +98,7 @@ class InMemoryExecutor:
         replies = []
         for i, b in enumerate(o.bundles):
             ranks = []
-            for r in range(i * o.gpus_per_node, (i + 1) * o.gpus_per_node):
+            for r in range(i * o.ranks_per_node, (i + 1) * o.ranks_per_node):
                 self.next_pid += 1
                 sim.pids.append(self.next_pid)
                 ranks.append(SpawnedRank(r, self.next_pid, 1.0, self.next_pid, b.node))
@@ -167,7 +167,7 @@ class InMemoryExecutor:
         reports = []
         for i, b in enumerate(o.bundles):
             ranks = []
-            for r in range(i * o.gpus_per_node, (i + 1) * o.gpus_per_node):
+            for r in range(i * o.ranks_per_node, (i + 1) * o.ranks_per_node):
                 beat = Heartbeat(r, sim.step, s.total_steps, phase, time=now, loss=1.0 / (1 + sim.step),
                                  attempt=o.attempt)
                 ranks.append(RankStatus(r, sim.pids[r], 1.0, sim.exited, beat,

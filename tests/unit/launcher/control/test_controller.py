@@ -155,6 +155,32 @@ def test_giving_up_after_max_restarts_skips_the_dependants(tmp_path: Path) -> No
     assert not orders(ex, ReserveOrder, "b")
 
 
+def test_an_exit_code_the_plan_calls_fatal_gives_up_without_a_restart(tmp_path: Path) -> None:
+    plan, rd = make_run(tmp_path, "a: {retry: {max_restarts: 3, on_exit_codes: {2: fatal}}}\nb: {needs: [a]}\n")
+    ex = InMemoryExecutor(Clock(), {"a": [Script(stop_at=1, exit_code=2, log=("usage: train.py [-h]",
+                                                                             "train.py: error: unrecognized arguments"))]})
+    c = controller(plan, rd, ex)
+    assert c.run() == "failed"
+    (a1,) = c.journal.attempts("a")
+    assert a1["failure"] == "fatal" and "unrecognized arguments" in a1["detail"]
+    assert [d.kind for d in c.journal.decisions("a") if d.kind in ("restart", "give_up")] == ["give_up"]
+    assert len(orders(ex, StartOrder, "a")) == 1
+    assert {r["name"]: r["state"] for r in c.journal.jobs()} == {"a": "failed", "b": "skipped"}
+
+
+def test_a_launcher_line_gets_one_process_per_node_and_a_script_one_per_gpu(tmp_path: Path) -> None:
+    plan, rd = make_run(tmp_path, """
+        line: {method: command, params: {argv: [python, -c, pass], launcher: single},
+               resources: {nodes: 2, gpus_per_node: 2}}
+        ranks: {method: command, params: {argv: [python, -c, pass]}, resources: {nodes: 2, gpus_per_node: 2},
+                needs: [line]}
+    """)
+    ex = InMemoryExecutor(Clock())
+    assert controller(plan, rd, ex).run() == "succeeded"
+    assert [(o.job, o.ranks_per_node, o.world_size) for o in orders(ex, StartOrder)] == [("line", 1, 2),
+                                                                                          ("ranks", 2, 4)]
+
+
 def test_ranks_that_exit_0_without_a_result_fail_the_job(tmp_path: Path) -> None:
     plan, rd = make_run(tmp_path, "a: {}\n")
     ex = InMemoryExecutor(Clock(), {"a": [Script(result=None)]})

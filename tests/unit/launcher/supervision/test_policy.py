@@ -75,7 +75,7 @@ def test_giving_up_wins_over_every_change_but_keeps_the_smaller_batch_for_resume
 
 def test_journal_values_read_back_as_members():
     assert Verdict("oom") is Verdict.OOM and Verdict.OOM == "oom" and f"{Verdict.HANG}" == "hang"
-    assert [v for v in Verdict if v.is_failure] == [Verdict.CRASH, Verdict.HANG, Verdict.OOM, Verdict.LOST]
+    assert [v for v in Verdict if v.is_failure] == [Verdict.CRASH, Verdict.HANG, Verdict.OOM, Verdict.LOST, Verdict.FATAL]
 
 
 @pytest.mark.parametrize("before,after", [((4, 1), (2, 2)), ((8, 2), (4, 4)), ((6, 1), (3, 2)), ((3, 1), (1, 3)),
@@ -97,3 +97,18 @@ def test_oom_micro_batch_keeps_the_effective_batch(before, after):
 ])
 def test_checkpoint_suspect(verdict, resumed, step, start, suspect):
     assert checkpoint_suspect(verdict, resumed, step, start) is suspect
+
+
+def test_a_fatal_exit_gives_up_at_once_with_restarts_left():
+    d = decide(RetrySpec(max_restarts=5), 0, 0, "fatal")
+    assert (d.action, d.retry) == (Action.GIVE_UP, False)
+    assert "retry.on_exit_codes" in d.reason
+
+
+def test_on_exit_codes_take_int_keys_from_yaml_and_refuse_an_unknown_class():
+    import yaml
+    from pydantic import ValidationError
+    assert RetrySpec.model_validate(yaml.safe_load("on_exit_codes: {2: fatal, 75: lost}")).on_exit_codes == {
+        2: "fatal", 75: "lost"}
+    with pytest.raises(ValidationError, match="on_exit_codes.2"):
+        RetrySpec.model_validate({"on_exit_codes": {2: "explode"}})

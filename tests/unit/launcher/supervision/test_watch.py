@@ -36,9 +36,25 @@ def test_crash_detail_has_exit_code_and_log_tail():
     assert obs.exit_codes == {0: None, 1: 3}
 
 
-def test_signal_death_is_a_crash():
+def test_signal_death_is_a_crash_that_names_the_signal():
     obs = watch().observe([rank(0, 1, exit_code=-9, log=[])], now=T0 + 1)
-    assert (obs.verdict, obs.detail) == ("crash", "rank 0 exited with -9: ")
+    assert (obs.verdict, obs.detail) == ("crash", "rank 0 exited with -9 (killed by SIGKILL): ")
+    # a wrapper or shell passes a signal death on as 128 + n
+    obs = watch().observe([rank(0, 1, exit_code=137, log=["x"])], now=T0 + 1)
+    assert (obs.verdict, obs.detail) == ("crash", "rank 0 exited with 137 (killed by SIGKILL): x")
+    assert watch().observe([rank(0, 1, exit_code=3)], now=T0 + 1).detail == "rank 0 exited with 3: "
+
+
+def test_the_plans_exit_codes_say_what_a_failure_is_before_the_log_does():
+    w = AttemptWatch(HangSpec(), started=T0, exit_classes={2: "fatal", 75: "lost", 3: "oom"})
+    assert w.observe([rank(0, 1, exit_code=2, log=["usage: train.py [-h]"])], now=T0 + 1).verdict == "fatal"
+    # mapped beats the OOM text of another rank: the plan knows what 75 means
+    oom = ["CUDA out of memory"]
+    assert w.observe([rank(0, 1, exit_code=1, log=oom), rank(1, 1, exit_code=75)], now=T0 + 1).verdict == "lost"
+    assert w.observe([rank(0, 1, exit_code=3)], now=T0 + 1).verdict == "oom"
+    assert w.observe([rank(0, 1, exit_code=4, log=oom)], now=T0 + 1).verdict == "oom"   # unmapped: as before
+    # the kernel's OOM killer is the kernel's word, whatever the code
+    assert w.observe([rank(0, 1, exit_code=2, oom_killed="memory cgroup OOM kill")], now=T0 + 1).verdict == "oom"
 
 
 def test_oom_from_log_tail():
