@@ -33,6 +33,9 @@ class Heartbeat:
     # command jobs: seconds since each activity signal last moved (output, files, cpu, ...): what a
     # hang verdict on a script that writes no heartbeat of its own rests on
     signals: dict[str, float] | None = None
+    # False: this rank's step is a stand-in (a script's rank that prints no progress of its own,
+    # as the Trainer's ranks other than 0 do); it must not hold the job's step down
+    counts_steps: bool = True
 
 
 def own_peak_rss_mib() -> float | None:

@@ -73,6 +73,9 @@ def _fill(arg: str, names: dict[str, str]) -> str:
 
 def script_env(p: CommandParams, job: JobFile, script_hb: Path) -> dict[str, str]:
     env = dict(os.environ, SL_HEARTBEAT_FILE=str(script_hb), SL_JOB_DIR=job.job_dir)
+    # A Python script's print() into our pipe is block-buffered: its progress (and bin/logs -f)
+    # would come in 8 KiB lumps, behind the checkpoints it already saved.
+    env.setdefault("PYTHONUNBUFFERED", "1")
     if p.launcher == "single":   # one process for the node: its own launcher numbers the workers
         for k in RANK_VARS:
             env.pop(k, None)
@@ -206,7 +209,7 @@ def run(job: JobFile) -> int:
             rank=rank, step=step, total_steps=(own.total_steps if own else parser.total) or 0,
             phase=own.phase if own and phase == "training" else phase, pid=os.getpid(),
             loss=own.loss if own else parser.loss, attempt=job.attempt, progress=act.ticks if act else 0,
-            signals=act.idle(now) if act else None))
+            signals=act.idle(now) if act else None, counts_steps=bool(own) or parser.bars_moving))
 
     beat("loading", None, time.time())
     env = script_env(p, job, script_hb)

@@ -21,15 +21,31 @@ AUTO = (
 )
 
 
+# A bar is steps once it has moved this often: the weights loading prints 0/39 then 39/39, and a
+# rank whose only bar that was (the Trainer's ranks other than 0) reports no steps at all.
+MIN_MOVES = 3
+
+
+@dataclass
+class _Bar:
+    step: int = 0
+    updates: int = 0   # times its step changed: the training's bar moves every step, a loading bar twice
+    need: int = 1      # updates before it counts as steps
+
+
 @dataclass
 class ProgressParser:
-    """The step, total and loss a script's output gives. The first total seen is the training's:
-    a second bar with another total (the Trainer's evaluation) is activity, not steps."""
+    """The step, total and loss a script's output gives. Scripts print several bars (the weights
+    loading 21/21, a dataset map, the training, each evaluation); the one counted as steps is the
+    first to move MIN_MOVES times, until it finishes (an evaluation in between is activity, not
+    steps); then (and for `step N` lines, which have no end) the one that moved most often, so a
+    last evaluation does not take the training's place. A tie goes to the bar seen first."""
     pattern: str = "auto"
     step: int = 0
     total: int | None = None
     loss: float | None = None
     units: int = 0          # lines that matched anything: progress inside a phase
+    bars: dict[int | None, _Bar] = field(default_factory=dict)   # total -> that bar (None: "step N" lines)
 
     def __post_init__(self) -> None:
         self.regexes = () if self.pattern == "off" else AUTO if self.pattern == "auto" else (re.compile(self.pattern),)
@@ -44,13 +60,28 @@ class ProgressParser:
                         self.loss = float(g["loss"])
                     except ValueError:
                         pass
-                if "step" not in g:
-                    continue
-                total = int(g["total"]) if "total" in g else None
-                if total is not None and self.total is None:
-                    self.total = total
-                if total is None or total == self.total:
-                    self.step = max(self.step, int(g["step"]))
+                if "step" in g:   # a bar must move a few times; "step 12" or the plan's regex says it outright
+                    self._bar(int(g["total"]) if "total" in g else None, int(g["step"]),
+                              MIN_MOVES if rx is AUTO[0] else 1)
+
+    @property
+    def bars_moving(self) -> bool:
+        """Whether `step` is the script's own count (not a rank's that prints none)."""
+        return any(b.updates >= b.need for b in self.bars.values())
+
+    def _bar(self, total: int | None, step: int, need: int) -> None:
+        bar = self.bars.get(total)
+        if bar is None:
+            bar = self.bars[total] = _Bar(step, 1, need)
+        elif step != bar.step:
+            bar.step, bar.updates = max(bar.step, step), bar.updates + 1
+        cur = self.bars.get(self.total) if self.total is not None else None
+        if cur is None or cur.updates < cur.need or cur.step >= self.total:   # type: ignore[operator]
+            moving = [kv for kv in self.bars.items() if kv[1].updates >= kv[1].need]
+            if moving:   # max() keeps the first of equals: dicts iterate in insertion order
+                self.total, cur = max(moving, key=lambda kv: kv[1].updates)
+        if cur is not None and cur.updates >= cur.need:
+            self.step = cur.step
 
 
 def lines(buffer: str) -> tuple[list[str], str]:

@@ -97,7 +97,8 @@ class AttemptWatch:
         codes = {r.rank: r.exit_code for r in ranks}
         beats = [r.heartbeat for r in ranks if r.heartbeat]
         rank0 = next((r.heartbeat for r in ranks if r.rank == 0 and r.heartbeat), None)
-        step = min((b.step for b in beats), default=0) if len(beats) == len(ranks) else 0
+        stepping = [b for b in beats if b.counts_steps] or beats
+        step = min((b.step for b in stepping), default=0) if len(beats) == len(ranks) else 0
         obs = Observation(Verdict.RUNNING, exit_codes=codes, step=rank0.step if rank0 else step,
                           total_steps=rank0.total_steps if rank0 else None, loss=rank0.loss if rank0 else None)
         failed = [r for r in ranks if r.exit_code not in (None, 0)]
@@ -146,7 +147,9 @@ class AttemptWatch:
         """Any failed rank's OOM makes the attempt an OOM (its peers then fail in a broken
         collective, often first): CUDA's message in its log, or the kernel's OOM killer, which
         leaves no log line (the agent saw the kill in the memory cgroup's counter). Otherwise the
-        lowest failed rank is the crash."""
+        first rank to exit is the crash (its peers die after it, of the broken collective), the
+        lowest one where the agents saw no order."""
+        failed = sorted(failed, key=lambda r: (r.exited_at is None, r.exited_at or 0.0, r.rank))
         killer = next((r for r in failed if r.oom_killed), None)
         if killer is not None:
             obs.verdict = Verdict.OOM

@@ -2,6 +2,8 @@
 
 One plan, three scripts side by side on 4 simulated GPUs:
 - `envs.py`, torchrun-style: 2 ranks that only read RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR;
+  then the same script under real torchrun as a `launcher: single` line (one process for the
+  node; torchrun starts the 2 workers from the {nnodes} ... {master_port} it is given);
 - `silent.py`: prints nothing for 25 s while it works (CPU busy, a file growing) under a 6 s
   step timeout: it must not be killed;
 - `trainer.py`: argparse flags in the HF Trainer's style (--output_dir, --max_steps, --save_steps,
@@ -86,6 +88,13 @@ jobs:
   envs:
     params: {argv: [python, envs.py, "{dir}/env"]}
     resources: {gpus_per_node: 2}
+  line:
+    params:
+      argv: [python, -m, torch.distributed.run, --nnodes, "{nnodes}", --node_rank, "{node_rank}",
+             --nproc_per_node, "{nproc_per_node}", --master_addr, "{master_addr}", --master_port, "{master_port}",
+             envs.py, "{dir}/env"]
+      launcher: single
+    resources: {gpus_per_node: 2}
   silent:
     params: {argv: [python, silent.py, "{dir}"]}
     hang: {startup: 6, step: 6}
@@ -98,8 +107,8 @@ jobs:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     st = status(runs)
     jobs = {j["name"]: j for j in st["jobs"]}
-    assert {n: j["state"] for n, j in jobs.items()} == {"envs": "succeeded", "silent": "succeeded",
-                                                        "trainer": "succeeded"}
+    assert {n: j["state"] for n, j in jobs.items()} == {"envs": "succeeded", "line": "succeeded",
+                                                        "silent": "succeeded", "trainer": "succeeded"}
     run = Path(st["dir"])
 
     # torchrun's contract, as the script read it
@@ -108,6 +117,17 @@ jobs:
         ("0", "0", "2", "2"), ("1", "1", "2", "2")]
     assert seen[0]["MASTER_ADDR"] and seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"]
     assert jobs["envs"]["step"] == 5 and jobs["envs"]["total_steps"] == 5   # read from its "step N/M" lines
+
+    # the launcher line: one process of ours on the node, torchrun's 2 workers under it
+    seen = [read_json(run / "jobs" / "line" / "env" / f"rank{r}.json") for r in (0, 1)]
+    assert [(s["RANK"], s["LOCAL_RANK"], s["WORLD_SIZE"], s["LOCAL_WORLD_SIZE"]) for s in seen] == [
+        ("0", "0", "2", "2"), ("1", "1", "2", "2")]
+    j = Journal(run / "run.db", readonly=True)
+    line_procs = j.processes("line", 1)
+    j.close()
+    assert [p.rank for p in line_procs if p.role == "rank"] == [0]
+    assert len([p for p in line_procs if p.role == "child"]) >= 3   # torchrun and its two workers, on record
+    assert jobs["line"]["step"] == 5
 
     # the silent worker: one attempt, never judged hung
     assert len(jobs["silent"]["attempts"]) == 1

@@ -11,7 +11,9 @@ from methods.command_signals import Activity, ProgressParser, files_fingerprint,
 
 @pytest.mark.parametrize("text, step, total, loss", [
     # the HF Trainer: its progress bar (redrawn with \r) and its log dicts (values quoted in 5.x)
-    (" 12%|#2        | 12/100 [00:03<00:21,  4.1it/s]", 12, 100, None),
+    ("11/100 [00:03<00:21,  4.1it/s]\r 12%|#2        | 12/100 [00:03<00:21,  4.1it/s]\r"
+     "13/100 [00:03<00:21,  4.1it/s]", 13, 100, None),
+    (" 12%|#2        | 12/100 [00:03<00:21,  4.1it/s]", 0, None, None),   # a bar that has not moved yet
     ("{'loss': '2.3456', 'grad_norm': '1.2', 'learning_rate': '1e-05', 'epoch': '0.12'}", 0, None, 2.3456),
     ("{'loss': 0.5, 'epoch': 1.0}", 0, None, 0.5),
     ("step 7/50 loss=3.1", 7, 50, None),
@@ -21,15 +23,51 @@ from methods.command_signals import Activity, ProgressParser, files_fingerprint,
 ])
 def test_auto_reads_the_common_formats(text: str, step: int, total: int | None, loss: float | None) -> None:
     p = ProgressParser()
-    p.feed(text)
+    for line in lines(text + "\n")[0]:
+        p.feed(line)
     assert (p.step, p.total, p.loss) == (step, total, loss)
+    assert p.bars_moving == (step > 0)
 
 
 def test_a_second_bar_with_another_total_is_activity_not_steps() -> None:
     p = ProgressParser()
-    for line in ["40/100 [00:10<00:15", " 3/8 [00:01<00:02", "41/100 [00:11<00:14"]:
+    for line in ["39/100 [00:10<00:15", "40/100 [00:10<00:15", " 3/8 [00:01<00:02", "41/100 [00:11<00:14",
+                 " 4/8 [00:01<00:02", " 5/8 [00:01<00:02", " 6/8 [00:01<00:02"]:
         p.feed(line)
-    assert (p.step, p.total, p.units) == (41, 100, 3)
+    assert (p.step, p.total, p.units) == (41, 100, 7)
+
+
+def test_the_training_bar_is_neither_the_loading_bar_before_it_nor_the_evaluations_within_or_after() -> None:
+    """transformers 5 prints a weights-loading bar before training, and evaluation bars after it."""
+    p = ProgressParser()
+    lines_seen = ["Loading weights:   0%|          | 0/21 [00:00<?, ?it/s]",
+                  "Loading weights: 100%|##########| 21/21 [00:00<00:00, 2244.8it/s]",
+                  "  0%|          | 0/240 [00:00<?, ?it/s]"]
+    for line in lines_seen:
+        p.feed(line)
+    assert (p.step, p.total, p.bars_moving) == (0, None, False)   # a rank that prints only this reports no steps
+    p.feed("1/240 [00:00<00:10, 10.0it/s]")
+    p.feed("2/240 [00:00<00:10, 10.0it/s]")
+    assert (p.step, p.total, p.bars_moving) == (2, 240, True)
+    for i in range(3, 11):
+        p.feed(f"{i}/240 [00:01<00:10, 10.0it/s]")
+    for i in range(1, 51):                 # an evaluation at step 10, 50 batches: more moves than training so far
+        p.feed(f"{i}/50 [00:00<00:00, 30.0it/s]")
+    assert (p.step, p.total) == (10, 240)
+    for i in range(11, 241):
+        p.feed(f"{i}/240 [00:{i // 10:02d}<00:10, 10.0it/s]")
+    for i in range(1, 9):                  # an evaluation after the last step
+        p.feed(f"{i}/8 [00:00<00:00, 30.0it/s]")
+    assert (p.step, p.total) == (240, 240)
+
+
+def test_a_step_line_before_the_training_bar_does_not_hold_the_step() -> None:
+    p = ProgressParser()
+    p.feed("resumed from out/checkpoint-10 at step 10")
+    assert p.step == 10
+    for i in range(11, 31):
+        p.feed(f"{i}/30 [00:01<00:02, 6.6it/s]")
+    assert (p.step, p.total) == (30, 30)
 
 
 def test_a_plan_regex_with_named_groups_and_off() -> None:

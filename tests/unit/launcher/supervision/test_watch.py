@@ -45,6 +45,14 @@ def test_signal_death_is_a_crash_that_names_the_signal():
     assert watch().observe([rank(0, 1, exit_code=3)], now=T0 + 1).detail == "rank 0 exited with 3: "
 
 
+def test_the_first_rank_to_die_is_the_crash_not_the_peer_that_lost_it():
+    gloo = ["RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer"]
+    killed = RankStatus(rank=1, pid=4001, create_time=1.0, exit_code=137, heartbeat=None, log_tail=[], exited_at=T0 + 0.5)
+    peer = RankStatus(rank=0, pid=4000, create_time=1.0, exit_code=1, heartbeat=None, log_tail=gloo, exited_at=T0 + 0.9)
+    obs = watch().observe([peer, killed], now=T0 + 1)
+    assert (obs.verdict, obs.detail) == ("crash", "rank 1 exited with 137 (killed by SIGKILL): ")
+
+
 def test_the_plans_exit_codes_say_what_a_failure_is_before_the_log_does():
     w = AttemptWatch(HangSpec(), started=T0, exit_classes={2: "fatal", 75: "lost", 3: "oom"})
     assert w.observe([rank(0, 1, exit_code=2, log=["usage: train.py [-h]"])], now=T0 + 1).verdict == "fatal"
@@ -349,3 +357,14 @@ def test_a_silent_script_that_keeps_working_is_never_a_hang_and_a_flat_one_is():
     obs = w.observe([script(0, 590, flat), script(1, 600, flat)], now=T0 + 631)
     assert obs.verdict == "hang"
     assert obs.detail.endswith("rank 0's signals idle: output 700s, files 40s, cpu 40s")
+
+
+def test_a_rank_that_prints_no_steps_does_not_hold_the_jobs_step_down():
+    """A Trainer script's rank 1 prints no bar: its wrapper beats step 1 with counts_steps False."""
+    w = AttemptWatch(HangSpec(step="auto", factor=5, min_step=1, warmup_steps=0), started=T0)
+    silent = rank(1, 1)
+    silent.heartbeat.counts_steps = False
+    for i, t in enumerate(range(1, 6), start=1):
+        obs = w.observe([rank(0, 10 * i), silent], now=T0 + t)
+    assert obs.step == 50 and w.last_step == 50
+    assert w.step_timeout() == 1.0   # learned from rank 0's steps (0.1 s a step x 5, at least min_step); None if not
