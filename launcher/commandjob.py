@@ -7,6 +7,7 @@ checkpoint keys only command jobs use are used by command jobs and complete.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +34,8 @@ def resolve(params: dict[str, Any], plan_dir: Path, where: str, err: Callable[[s
         err(f"{where}.params.argv", "no command: give it as a list, e.g. argv: [python, train.py, --lr, '1e-4']")
         return out
     prog = argv[0]
-    if "{" not in prog and shutil.which(prog) is None and shutil.which(str(cwd / prog)) is None:
+    path = os.environ.get("SL_USER_PATH")   # what the script's ranks will search (methods/command.py)
+    if "{" not in prog and shutil.which(prog, path=path) is None and shutil.which(str(cwd / prog)) is None:
         err(f"{where}.params.argv", f"{prog!r} is neither on PATH nor an executable file in {cwd}")
     for a in argv[1:2]:   # `python train.py`, `bash run.sh`: the script itself
         if a.endswith(SCRIPT_SUFFIXES) and "{" not in a and not (cwd / a).is_file():

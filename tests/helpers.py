@@ -157,13 +157,33 @@ def run_ranks(job_file: Path, world_size: int, timeout: float = 300.0, extra_env
     return run
 
 
-LISA_SCRIPTS = ("train.py", "poison/evaluation/pred.py", "poison/evaluation/eval_sentiment.py", "sst2/pred_eval.py")
+# The command-line interfaces of the official Lisa scripts (git-disl/Lisa @68e3659), flags only:
+# train.py's own add_argument calls (250-265) and dataclass fields (57-69), plus the
+# transformers.TrainingArguments flags its shell scripts pass (script/alignment/SFT.sh,
+# script/finetune/lisa_poison_ratio.sh); pred.py 12-17; eval_sentiment.py 7-8 (the judge's weights
+# are a hub name in its code, line 15: there is no flag for them); sst2/pred_eval.py 12-16.
+LISA_FLAGS = {
+    "train.py": ("model_name_or_path", "data_path", "cache_dir", "optim", "model_max_length", "optimizer",
+                 "lora_folder", "rho", "density", "poison_ratio", "sample_num", "benign_dataset", "vaccine_ratio",
+                 "lamb", "track_embedding", "alternating", "finetune_step", "alignment_step", "guide_data_num",
+                 "bf16", "output_dir", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                 "gradient_accumulation_steps", "evaluation_strategy", "save_strategy", "save_steps",
+                 "save_total_limit", "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler_type",
+                 "logging_steps", "tf32", "eval_steps", "label_smoothing_factor"),
+    "poison/evaluation/pred.py": ("model_folder", "lora_folder", "lora_folder2", "instruction_path", "output_path",
+                                  "cache_dir"),
+    "poison/evaluation/eval_sentiment.py": ("model_name", "input_path"),
+    "sst2/pred_eval.py": ("model_folder", "lora_folder", "lora_folder2", "output_path", "cache_dir"),
+}
+LISA_SCRIPTS = tuple(LISA_FLAGS)
 
 
 def fake_lisa_checkout(root: Path) -> Path:
-    """Stand-ins for the official Lisa scripts plans/lisa_official_command.yaml runs: where they are
-    is all a plan check looks at."""
-    for f in LISA_SCRIPTS:
+    """Stand-ins for the official Lisa scripts plans/lisa_official_command.yaml runs: each parses
+    the official script's flags with argparse and exits, so a plan that passes a flag the real
+    script does not have fails here as it would there."""
+    for f, flags in LISA_FLAGS.items():
         (root / f).parent.mkdir(parents=True, exist_ok=True)
-        (root / f).write_text("")
+        (root / f).write_text("import argparse\nap = argparse.ArgumentParser()\n"
+                              + "".join(f"ap.add_argument('--{k}')\n" for k in flags) + "ap.parse_args()\n")
     return root

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -91,7 +92,7 @@ jobs:
   sft:
     method: command
     params:
-      argv: [python, {SCRIPT}, --model_name_or_path, {model}, --data_path, {data}, --output_dir, "{{dir}}/out",
+      argv: [{sys.executable}, {SCRIPT}, --model_name_or_path, {model}, --data_path, {data}, --output_dir, "{{dir}}/out",
              --max_steps, "{STEPS}", --save_steps, "{SAVE}", --save_total_limit, "3", --per_device_train_batch_size,
              "2", --logging_steps, "1", --learning_rate, "1e-3", --report_to, none, --use_cpu, --seed, "7"]
     resources: {{nodes: 1, gpus_per_node: 2}}

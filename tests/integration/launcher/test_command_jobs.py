@@ -14,6 +14,7 @@ One plan, three scripts side by side on 4 simulated GPUs:
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def test_foreign_scripts_run_unchanged_are_watched_and_resumed_from_their_own_ch
                                                                                         runs: Path) -> None:
     for name, text in {"envs.py": ENVS, "silent.py": SILENT, "trainer.py": TRAINER}.items():
         (tmp_path / name).write_text(textwrap.dedent(text))
+    # The interpreter named, as a lab names its environment's: `python` would be the caller's PATH's
     plan = write_plan(tmp_path, """
 name: command-jobs
 defaults:
@@ -86,23 +88,23 @@ defaults:
   retry: {max_restarts: 1, backoff: 0}
 jobs:
   envs:
-    params: {argv: [python, envs.py, "{dir}/env"]}
+    params: {argv: [PY, envs.py, "{dir}/env"]}
     resources: {gpus_per_node: 2}
   line:
     params:
-      argv: [python, -m, torch.distributed.run, --nnodes, "{nnodes}", --node_rank, "{node_rank}",
+      argv: [PY, -m, torch.distributed.run, --nnodes, "{nnodes}", --node_rank, "{node_rank}",
              --nproc_per_node, "{nproc_per_node}", --master_addr, "{master_addr}", --master_port, "{master_port}",
              envs.py, "{dir}/env"]
       launcher: single
     resources: {gpus_per_node: 2}
   silent:
-    params: {argv: [python, silent.py, "{dir}"]}
+    params: {argv: [PY, silent.py, "{dir}"]}
     hang: {startup: 6, step: 6}
   trainer:
-    params: {argv: [python, trainer.py, --output_dir, "{dir}/out", --max_steps, "30", --save_steps, "5"]}
+    params: {argv: [PY, trainer.py, --output_dir, "{dir}/out", --max_steps, "30", --save_steps, "5"]}
     checkpoint: {glob: "out/checkpoint-*", resume_arg: [--resume_from_checkpoint, "{checkpoint}"]}
     hang: {startup: 60, step: 6}
-""")
+""".replace("PY", sys.executable))
     out = launch(plan, runs, "--simulate-gpus", "4", timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     st = status(runs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +65,18 @@ def test_the_shipped_lisa_plan_runs_the_official_scripts_in_a_checkout(tmp_path:
     assert jobs["lisa_fa"].needs == ("stage1_align", "lisa")
 
 
+def test_every_flag_the_shipped_lisa_plan_passes_is_one_the_official_script_takes(tmp_path: Path) -> None:
+    """The stand-ins parse the official scripts' flags (tests.helpers.LISA_FLAGS): an unknown flag
+    is argparse's exit 2 there, as it would be in the real checkout."""
+    fake_lisa_checkout(tmp_path)
+    plan = load_plan(REPO / "plans" / "lisa_official_command.yaml", sets=[f"defaults.params.root={tmp_path}"],
+                     cluster=ClusterShape.single(2))
+    for name, job in plan.jobs.items():
+        p = job.method_params
+        out = subprocess.run([sys.executable, *p["argv"][1:]], cwd=p["cwd"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"{name}: {out.stderr}"
+
+
 def test_the_shipped_lisa_plan_without_a_checkout_says_where_to_point_it(problems) -> None:   # type: ignore[no-untyped-def]
     with pytest.raises(PlanError) as e:
         load_plan(REPO / "plans" / "lisa_official_command.yaml", cluster=ClusterShape.single(2))
@@ -74,14 +85,12 @@ def test_the_shipped_lisa_plan_without_a_checkout_says_where_to_point_it(problem
 
 
 def test_readmes_lisa_command_line_dry_runs_against_a_checkout(tmp_path: Path) -> None:
-
     fake_lisa_checkout(tmp_path)
     out = subprocess.run([sys.executable, "-m", "launcher", "launch", "plans/lisa_official_command.yaml",
                           "--set", f"defaults.params.root={tmp_path}", "--dry-run", "--runs-dir", str(tmp_path / "runs")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "MODERATION_MODEL": str(tmp_path / "beaver-dam-7b")})
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "lisa_hs_judge" in out.stdout and str(tmp_path / "beaver-dam-7b") not in out.stdout
+    assert "lisa_hs_judge" in out.stdout
 
 
 def test_a_command_job_without_a_command_is_refused(problems) -> None:   # type: ignore[no-untyped-def]

@@ -78,3 +78,20 @@ def test_a_launcher_line_gets_the_nodes_shape_and_none_of_a_ranks_variables(tmp_
     per_rank = job(tmp_path, ["python", "t.py"], resources=Resources(nodes=2, gpus_per_node=4))
     env = command.script_env(CommandParams.model_validate(per_rank.params), per_rank, tmp_path / "hb.json")
     assert (env["RANK"], env["WORLD_SIZE"]) == ("1", "2") and "NPROC_PER_NODE" not in env
+
+
+def test_the_script_gets_the_callers_path_and_pythonpath_not_the_launchers(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """bin/_bootstrap keeps the caller's PATH and PYTHONPATH before putting the venv first."""
+    monkeypatch.setenv("PATH", "/repo/.venv/bin:/opt/lisa-env/bin:/usr/bin")
+    monkeypatch.setenv("PYTHONPATH", "/repo")
+    monkeypatch.delenv("SL_USER_PATH", raising=False)   # as under `python -m launcher`, not bin/
+    jf = job(tmp_path, ["python", "train.py"])
+    p = CommandParams.model_validate(jf.params)
+    assert command.script_env(p, jf, tmp_path / "hb.json")["PATH"].startswith("/repo/.venv/bin")   # not from bin/
+    monkeypatch.setenv("SL_USER_PATH", "/opt/lisa-env/bin:/usr/bin")
+    monkeypatch.setenv("SL_USER_PYTHONPATH", "")
+    env = command.script_env(p, jf, tmp_path / "hb.json")
+    assert env["PATH"] == "/opt/lisa-env/bin:/usr/bin" and "PYTHONPATH" not in env
+    monkeypatch.setenv("SL_USER_PYTHONPATH", "/opt/lisa")
+    assert command.script_env(p, jf, tmp_path / "hb.json")["PYTHONPATH"] == "/opt/lisa"
