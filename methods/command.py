@@ -71,17 +71,12 @@ def _fill(arg: str, names: dict[str, str]) -> str:
     return ENV_RE.sub(env, arg)
 
 
-def user_path(env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
-    """The PATH of the shell bin/launch was called from (bin/_bootstrap keeps it), before the
-    launcher's venv went first; None when the launcher was started some other way."""
-    return env.get("SL_USER_PATH")
-
-
 def script_env(p: CommandParams, job: JobFile, script_hb: Path) -> dict[str, str]:
     env = dict(os.environ, SL_HEARTBEAT_FILE=str(script_hb), SL_JOB_DIR=job.job_dir)
     # The script sees the researcher's own environment, not the launcher's: its `python` is theirs
-    # (with their transformers), and the launcher's packages do not shadow their modules.
-    if user_path(env) is not None:
+    # (with their transformers), and the launcher's packages do not shadow their modules. bin/_bootstrap
+    # keeps the caller's PATH; started some other way (python -m launcher), there is none to restore.
+    if "SL_USER_PATH" in env:
         env["PATH"] = env["SL_USER_PATH"]
         if env.get("SL_USER_PYTHONPATH"):
             env["PYTHONPATH"] = env["SL_USER_PYTHONPATH"]

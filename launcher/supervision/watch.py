@@ -27,6 +27,7 @@ def exit_text(code: int | None) -> str:
     except ValueError:
         return str(code)
 
+
 @dataclass
 class Observation:
     verdict: Verdict
