@@ -149,12 +149,13 @@ def _tree_cpu(pid: int) -> float | None:
 class _Gpu:
     """GPU memory and utilisation of the script's processes, from NVML; None where there is no NVML."""
 
-    def __init__(self) -> None:
+    def __init__(self, nvml=None) -> None:   # type: ignore[no-untyped-def]
         try:
-            import pynvml
-            pynvml.nvmlInit()
-            self.nvml = pynvml
-            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            if nvml is None:
+                import pynvml as nvml
+            nvml.nvmlInit()
+            self.nvml = nvml
+            self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         except Exception:   # noqa: BLE001 - no driver, no library, no GPU: the signal is simply absent
             self.nvml, self.handles = None, []
 
@@ -165,11 +166,14 @@ class _Gpu:
         for h in self.handles:
             try:
                 procs = [p for p in self.nvml.nvmlDeviceGetComputeRunningProcesses(h) if p.pid in pids]
-                if procs:
-                    mem += sum(p.usedGpuMemory or 0 for p in procs) >> 20
-                    util += self.nvml.nvmlDeviceGetUtilizationRates(h).gpu
             except Exception:   # noqa: BLE001 - one device that cannot be read does not stop the others
                 continue
+            if procs:
+                mem += sum(p.usedGpuMemory or 0 for p in procs) >> 20
+                try:   # the device's, not the script's alone: a neighbour's kernels move it too
+                    util += self.nvml.nvmlDeviceGetUtilizationRates(h).gpu
+                except Exception:   # noqa: BLE001 - utilisation not supported (MIG): memory still counts
+                    pass
         return mem, util
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,23 @@ def test_the_script_gets_the_callers_path_and_pythonpath_not_the_launchers(tmp_p
     assert env["PATH"] == "/opt/lisa-env/bin:/usr/bin" and "PYTHONPATH" not in env
     monkeypatch.setenv("SL_USER_PYTHONPATH", "/opt/lisa")
     assert command.script_env(p, jf, tmp_path / "hb.json")["PYTHONPATH"] == "/opt/lisa"
+
+
+def test_the_gpu_signal_reads_nvml_for_the_scripts_processes_only() -> None:
+    from tests.unit.launcher.test_monitor import fake_pynvml
+    script = [{"0": {"mem": (5000, 81920), "util": 87, "procs": [(101, 1000), (555, 300)]}},
+              {"0": {"mem": (5000, 81920), "util": 87, "procs": [(101, 1000), (555, 900)]}},
+              {"0": {"mem": (5800, 81920), "util": None, "procs": [(101, 1500), (555, 900)]}}]
+    nv = fake_pynvml(script)
+    nv.nvmlDeviceGetCount = lambda: 1
+    gpu = command._Gpu(nv)
+    readings = []
+    for _ in script:
+        nv.nvmlDeviceGetMemoryInfo("0")   # the stub's clock: one sample per memory query of GPU 0
+        readings.append(gpu.read({101}))
+    # the other user's 555 growing is not ours; our 101 growing is, with utilisation unsupported
+    assert readings == [(1000, 87), (1000, 87), (1500, 0)]
+    from methods.command_signals import Activity
+    act = Activity(("gpu",), 0.0)
+    assert [act.update(t, {"gpu": r}, 1.0) for t, r in enumerate(readings, 1)] == [True, False, True]
+    assert command._Gpu(types.SimpleNamespace()).read({101}) is None   # no NVML: the signal is absent
