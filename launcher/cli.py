@@ -70,6 +70,7 @@ def _setup_logging(log_file: Path) -> None:
 
 def _cluster_options(args: argparse.Namespace) -> ClusterOptions:
     return ClusterOptions(address=args.address, simulate_gpus=args.simulate_gpus, gpu_type=args.gpu_type,
+                          simulate_gpu_memory=getattr(args, "simulate_gpu_memory", None),
                           dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
                           dashboard_port=args.dashboard_port)
 

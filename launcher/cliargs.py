@@ -12,7 +12,15 @@ import argparse
 from pathlib import Path
 
 from launcher import exitcodes
+from launcher.sizes import mib_of
 from launcher.runarg import add_run_arguments, default_runs_dir
+
+
+def _size(text: str) -> int:
+    try:
+        return mib_of(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 ORDERS = ("backfill", "greedy", "fifo", "critical-path")
 FOLD_OVER = 50
@@ -30,6 +38,9 @@ def launch_parser(prog: str = "sl launch") -> argparse.ArgumentParser:
     p.add_argument("--address", help="join an existing Ray cluster (auto or HOST:PORT) instead of starting one")
     p.add_argument("--simulate-gpus", type=int, metavar="N", help="declare N logical GPUs (default 2 where no GPU is found)")
     p.add_argument("--gpu-type", help="GPU type declared for the local node when simulating (e.g. H20)")
+    p.add_argument("--simulate-gpu-memory", type=_size, metavar="SIZE",
+                   help="memory of each simulated GPU, e.g. 24GiB: jobs whose need is known share GPUs by it "
+                        "(without it simulated GPUs are never shared)")
     p.add_argument("--runs-dir", type=Path, default=default_runs_dir(), help="where run directories go (default: ./runs)")
     p.add_argument("--run-id", help="name of the run directory (default: <plan>-<time>-<random>)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")

@@ -33,11 +33,30 @@ def local_gpus() -> tuple[int, str | None]:
         pynvml.nvmlShutdown()
 
 
+def local_gpu_mib() -> int | None:
+    """Memory of this machine's first NVIDIA GPU in MiB (what packed jobs share), None without NVML."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # no library, no driver: no GPUs to pack onto
+        return None
+    try:
+        if not pynvml.nvmlDeviceGetCount():
+            return None
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total) >> 20
+    finally:
+        pynvml.nvmlShutdown()
+
+
+GPU_MIB_RESOURCE = "sl_gpu_mib"   # a node's per-GPU memory, as a Ray resource nobody requests: a label with a number
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     address: str | None = None            # None: start a local Ray owned by the driver
     simulate_gpus: int | None = None      # logical GPUs for a machine without any
     gpu_type: str | None = None           # type declared for the local node (simulation)
+    simulate_gpu_memory: int | None = None   # MiB per simulated GPU (packing); None: unknown, no packing
     dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int | None = None     # None: 8265, or the next free port (another run on this machine has it)
@@ -48,9 +67,9 @@ def planned_local_shape(opts: ClusterOptions) -> tuple[ClusterShape, int | None]
     """The local node as it will be started, and the num_gpus to declare (None: let Ray detect)."""
     count, kind = local_gpus()
     if count and not opts.simulate_gpus:
-        return ClusterShape.single(count, kind), None
+        return ClusterShape((NodeShape("local", count, kind, local_gpu_mib()),)), None
     n = opts.simulate_gpus or 2
-    return ClusterShape.single(n, opts.gpu_type), n
+    return ClusterShape((NodeShape("local", n, opts.gpu_type, opts.simulate_gpu_memory),)), n
 
 
 DASHBOARD_PORT = 8265
@@ -75,14 +94,18 @@ def start(opts: ClusterOptions, declare_gpus: int | None) -> Any:
 
     if opts.address:
         return ray.init(address=opts.address, namespace=opts.namespace, log_to_driver=False)
-    resources = {f"accelerator_type:{opts.gpu_type}": 1.0} if opts.gpu_type else None
-    # Simulated GPUs are logical: give Ray enough logical CPUs that CPU never limits placement.
-    num_cpus = max(os.cpu_count() or 1, 2 * (declare_gpus or 0)) if declare_gpus else None
+    resources = {f"accelerator_type:{opts.gpu_type}": 1.0} if opts.gpu_type else {}
+    gpu_mib = opts.simulate_gpu_memory if declare_gpus else local_gpu_mib()
+    if gpu_mib:
+        resources[GPU_MIB_RESOURCE] = float(gpu_mib)
+    # Simulated GPUs are logical: give Ray enough logical CPUs that CPU never limits placement,
+    # packed jobs included (each reserves its cpus_per_rank, several to a GPU).
+    num_cpus = max(os.cpu_count() or 1, 32 * (declare_gpus or 0)) if declare_gpus else None
     port = opts.dashboard_port
     if opts.dashboard and port is None:
         port = free_dashboard_port(opts.dashboard_host)
     # address="local": always a fresh Ray owned by this driver, never whatever cluster happens to run here.
-    return ray.init(address="local", num_gpus=declare_gpus, num_cpus=num_cpus, resources=resources, namespace=opts.namespace,
+    return ray.init(address="local", num_gpus=declare_gpus, num_cpus=num_cpus, resources=resources or None, namespace=opts.namespace,
                     include_dashboard=opts.dashboard, dashboard_host=opts.dashboard_host,
                     dashboard_port=port or DASHBOARD_PORT, log_to_driver=False)
 
@@ -96,5 +119,6 @@ def shape_from_ray() -> ClusterShape:
             continue
         res = n.get("Resources", {})
         kinds = [k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")]
-        nodes.append(NodeShape(n["NodeID"], int(res.get("GPU", 0)), kinds[0] if kinds else None))
+        nodes.append(NodeShape(n["NodeID"], int(res.get("GPU", 0)), kinds[0] if kinds else None,
+                               int(res.get(GPU_MIB_RESOURCE, 0)) or None))
     return ClusterShape(tuple(nodes))

@@ -6,6 +6,9 @@ touches Ray; the executor holds placement groups and node hosts and never writes
 
 from __future__ import annotations
 
+import os
+
+from launcher.cluster import local_gpus
 from launcher.control.controller import Controller
 from launcher.journal import Journal
 from launcher.layout import RunDir
@@ -20,7 +23,11 @@ def run(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]]
         policy: str = "backfill") -> str:
     """Runs the plan to its end on the Ray cluster this process is connected to; the run's final state."""
     run_id = rd.root.name
-    books = Books.of((n.node_id, n.gpus, n.gpu_type) for n in shape.nodes)
+    books = Books.of(((n.node_id, n.gpus, n.gpu_type) for n in shape.nodes),
+                     {n.node_id: n.gpu_mib for n in shape.nodes if n.gpu_mib})
     executor = RayExecutor(run_id, (n.node_id for n in shape.nodes if n.gpus > 0))
-    controller = Controller(plan, rd, journal, env, books, executor, policy, metrics=ProgressMetrics(run_id))
+    # What the monitor measures peaks with, here: packing needs from earlier runs must match it.
+    backend = os.environ.get("SL_MONITOR_BACKEND") or ("nvml" if local_gpus()[0] else "host")
+    controller = Controller(plan, rd, journal, env, books, executor, policy, metrics=ProgressMetrics(run_id),
+                            memory_backend=backend if backend != "auto" else ("nvml" if local_gpus()[0] else "host"))
     return controller.run()

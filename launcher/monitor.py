@@ -136,6 +136,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._peaks_dirty, self._peaks_written = False, 0.0
         self.samples, self.errors = 0, 0
+        self.latest: dict[str, float | None] = {}   # GPU -> the job's MiB in the last sample (the host's poll reads it)
         self._stopped = False
 
     # ----------------------------------------------------------- lifecycle
@@ -206,6 +207,7 @@ class Sampler:
             self._out.append([r.to_csv() for r in rows])
             for r in rows:
                 self._peaks_dirty |= self.tracker.add(r)
+            self.latest = {r.gpu_index: r.job_mib for r in rows}
             for rank, hb in hbs.items():
                 gpu = self._rank_gpu.get(rank) or (rows[0].gpu_index if len(rows) == 1 else None)
                 if gpu is not None:

@@ -42,11 +42,16 @@ def _held(samples: list[GpuSample], base: dict[str, float | None]) -> tuple[dict
 
 
 def wait_released(probe: Probe, gpus: list[str], refs: list[ProcRef], base: dict[str, float | None],
-                  timeout: float = 60.0, interval: float = 0.5, clock=time.monotonic, sleep=time.sleep) -> Release:
-    """Poll until no job process holds memory on `gpus` and each GPU is within its margin of `base`."""
+                  timeout: float = 60.0, interval: float = 0.5, clock=time.monotonic, sleep=time.sleep,
+                  shared: bool = False) -> Release:
+    """Poll until no job process holds memory on `gpus` and each GPU is within its margin of `base`.
+    `shared` (a packed job): other tenants come and go on the GPU, so its device total says
+    nothing of this job; only the job's own processes must be gone from it."""
     start = clock()
     while True:
         held, pids = _held(probe.sample(gpus, refs), base)
+        if shared:
+            held = {}
         if not held and not pids:
             return Release(True, clock() - start, probe.name)
         if clock() - start >= timeout:

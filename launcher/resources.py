@@ -12,6 +12,7 @@ class NodeShape:
     node_id: str
     gpus: int
     gpu_type: str | None = None
+    gpu_mib: int | None = None   # memory of each GPU: what packed jobs share (None: unknown, no packing)
 
 
 @dataclass(frozen=True)

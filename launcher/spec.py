@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from launcher.sizes import mib_of
+
 
 class Strict(BaseModel):
     """Every plan object rejects unknown keys: a typo is an error, never silently ignored."""
@@ -107,6 +109,17 @@ class Resources(Strict):
     gpus_per_node: int = Field(1, ge=1, description="ranks (GPUs) on each node")
     gpu_type: str | None = Field(None, description="e.g. H20 or A100; matched against each node's accelerator type")
     cpus_per_rank: float = Field(1.0, ge=0, description="CPUs reserved per rank; also each rank's OMP_NUM_THREADS (at least 1) unless env sets it")
+    gpu_memory: int | None = Field(None, gt=0, description="GPU memory the job needs, e.g. 12GiB (a number is MiB): a "
+                                                          "1-GPU job may then share its GPU with others whose needs "
+                                                          "fit beside it. Default: the peak measured for the same job "
+                                                          "in earlier runs, plus a margin; none known: a whole GPU")
+    share: Literal["auto", "never"] = Field("auto", description="auto: share a GPU where the need is known; never: "
+                                                                "whole GPUs only, and no packed job beside it")
+
+    @field_validator("gpu_memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else mib_of(v)
 
     @property
     def world_size(self) -> int:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from launcher.contract import write_json, JobDir, JobFile
+from methods.gpu_share import limit_to_share
 from methods.registry import METHODS
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown method {job.method!r}; known: {sorted(METHODS)}", file=sys.stderr)
         return 2
     record_seen(job)
+    limit_to_share()
     return int(info.runner()(job) or 0)
 
 

@@ -178,6 +178,12 @@ class SyntheticParams(Params):
                                                                "micro-batch (training.batch_size) from the start, as a "
                                                                "model's activations would: too much is a real CUDA OOM, "
                                                                "and a halved micro-batch fits again (bench/gpu_check.sh)")
+    host_mib: float = Field(0.0, ge=0, description="hold this much real host memory (written, so resident) from the "
+                                                   "start: what the host monitor measures where GPUs are simulated "
+                                                   "(packing by memory: tests, bin/bench)")
+    host_grow_at_step: int | None = Field(None, ge=1, description="at this step, hold host_grow_mib more (faulty "
+                                                                 "ranks and attempts): a job outgrowing its share")
+    host_grow_mib: float = Field(0.0, ge=0, description="see host_grow_at_step")
     corrupt_checkpoint_at_step: int | None = Field(None, ge=1, description="after this step's checkpoint is complete, "
                                                                          "garble its state.json in place (same size: "
                                                                          "only reading it finds out)")

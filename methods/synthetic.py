@@ -48,6 +48,13 @@ def _exhaust_host_memory() -> None:
         hoard.append(bytearray(b"x" * (16 << 20)))
 
 
+def _hold_host_memory(mib: float) -> bytearray:
+    """Resident host memory: one byte written in every page (an untouched allocation is not in the RSS)."""
+    buf = bytearray(int(mib * (1 << 20)))
+    buf[::4096] = b"\x01" * len(range(0, len(buf), 4096))
+    return buf
+
+
 def _hold_gpu_memory(mib: float) -> object:
     """Real memory on this rank's GPU, written to so it is really backed: what an OOM needs to be real.
     torch only here: the synthetic method otherwise imports no model and no torch."""
@@ -93,6 +100,7 @@ def run(job: JobFile) -> int:
         cg = oomkill.join_limited_cgroup(256 << 20)
         print(f"[synthetic] rank {rank} joined memory cgroup {cg} (256 MiB)", flush=True)
     held = _hold_gpu_memory(p.cuda_mib_per_sample * job.training.batch_size) if p.cuda_mib_per_sample else None
+    hoard = [_hold_host_memory(p.host_mib)] if p.host_mib else []
     if p.spawn_child:
         # Not covered by the parent-death signal (not inherited): only the launcher's sweep ends it.
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
@@ -113,6 +121,10 @@ def run(job: JobFile) -> int:
         if faulty and p.host_oom_at_step == step:
             injected("host-oom")
             _exhaust_host_memory()
+        if faulty and p.host_grow_at_step == step:
+            injected("grow")
+            hoard.append(_hold_host_memory(p.host_grow_mib))
+            print(f"[synthetic] rank {rank} now holds {p.host_mib + p.host_grow_mib:.0f} MiB", flush=True)
         beat(step, "training", loss)
         if p.eval_every and step % p.eval_every == 0:
             # Like the Trainer: evaluation after the step, batch by batch, each batch a heartbeat.

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 
 from launcher import checkpoints, monitor, rundir
 from launcher.contract.result import read_result
-from launcher.control import changes, restore
+from launcher.control import changes, packing, restore
 from launcher.control import requests as control
 from launcher.control.executor import (AttemptFailed, Event, Executor, ReleaseDone, ReleaseOrder, Reported, Reserved,
                                        ReserveOrder, Spawned, StartOrder)
@@ -32,7 +32,7 @@ from launcher.node.messages import Released, SweepTarget
 from launcher.plan import Plan
 from launcher.scheduling import estimates
 from launcher.scheduling.books import Books
-from launcher.scheduling.model import Placement, Shape
+from launcher.scheduling.model import Placement
 from launcher.supervision.failure import Verdict
 from launcher.supervision.policy import Action, FailurePolicy, History, checkpoint_suspect
 from launcher.supervision.watch import LEARNED_PHASES, AttemptWatch, Observation
@@ -56,13 +56,13 @@ class Metrics(Protocol):
 class Controller:
     def __init__(self, plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], books: Books,
                  executor: Executor, policy: str = "backfill", clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, memory_backend: str = "host"):
         self.plan, self.rd, self.journal, self.env, self.ex = plan, rd, journal, env, executor
         self.clock, self.metrics = clock, metrics
         self.run_id = rd.root.name
         self.quarantined: list[dict[str, Any]] = []   # placements whose GPU memory never came back
         self.last_wait_note = 0.0
-        self.core = restore.make_core(plan, rd, journal, books, policy)
+        self.core = restore.make_core(plan, rd, journal, books, policy, memory_backend)
         self.jobs = {name: JobRun(job, self.core) for name, job in plan.jobs.items()}
         restore.load_history(self.jobs, journal, self.core)
         self.stop_requested = threading.Event()
@@ -267,10 +267,14 @@ class Controller:
         self.core.hold(p, now)
         jr.first_step = None
         jr.state = JobState.PLACING
-        self.ex.reserve(ReserveOrder(jr.job.name, jr.attempts, Shape(r.nodes, r.gpus_per_node, r.gpu_type), p.nodes,
-                                     r.cpus_per_rank * r.gpus_per_node))
-        self._say(f"waiting for {r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''} "
-                  f"(attempt {jr.attempts})", jr.job.name)
+        shape = self.core.jobs[jr.job.name].shape
+        books = self.core.books
+        fraction = packing.gpu_fraction(shape.mib, books.usable_mib(p.nodes[0])) if p.gpu is not None else 0.0
+        self.ex.reserve(ReserveOrder(jr.job.name, jr.attempts, shape, p.nodes, r.cpus_per_rank * r.gpus_per_node,
+                                     fraction))
+        what = (f"{shape.mib} MiB of a shared GPU" if fraction else
+                f"{r.nodes} x {r.gpus_per_node} GPU(s){' ' + r.gpu_type if r.gpu_type else ''}")
+        self._say(f"waiting for {what} (attempt {jr.attempts})", jr.job.name)
 
     def _fail_unplaceable(self, jr: JobRun) -> None:
         """Rather than wait forever: the GPUs this job needs are held by memory an earlier job leaked."""
@@ -302,6 +306,10 @@ class Controller:
         # Ray gives an actor OMP_NUM_THREADS = its num_cpus, which the ranks would inherit and
         # oversubscribe the cores with (4x slower here); like torchrun, a rank gets its own share.
         env = {"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_rank))), **self.env.get(job.name, {})}
+        share = self.core.holdings[job.name].share if job.name in self.core.holdings else None
+        if share is not None:
+            env = {**packing.rank_env(share.mib, self.core.books.gpu_mib[share.node]), **env}
+        a.watch.share_mib = share.mib if share is not None else None
         jr.state = JobState.STARTING
         self.ex.start(StartOrder(job.name, a.n, ev.bundles, job.ranks_per_node, r.nodes * job.ranks_per_node,
                                  self.rd.job(job.name).root,
@@ -313,8 +321,13 @@ class Controller:
         a.placement = [{"node": rep.bundle.node, "host": rep.bundle.host, "gpus": list(rep.bundle.gpus)}
                        for rep in ev.replies]
         a.held = a.placement          # the reservation becomes where the executor really put the job
-        self.core.hold_gpus(name, tuple((h["node"], len(h["gpus"])) for h in a.held),
-                            self.clock() + self.core.estimates[name])
+        held = self.core.holdings.get(name)
+        if held is not None and held.share is not None:
+            self.core.hold_share(name, packing.actual_share(held.share, a.placement[0]["gpus"]),
+                                 self.clock() + self.core.estimates[name])
+        else:
+            self.core.hold_gpus(name, tuple((h["node"], len(h["gpus"])) for h in a.held),
+                                self.clock() + self.core.estimates[name])
         self.journal.set_attempt(name, a.n, state="running", placement=a.placement)
         self.journal.add_processes([ProcessRecord(name, a.n, s.rank, s.node, s.pid, s.create_time, s.pgid)
                                     for rep in ev.replies for s in rep.ranks])
@@ -338,7 +351,8 @@ class Controller:
         if children:
             self.journal.add_processes(children)
         # Judged at the time the hosts looked, not now: this loop may have been busy with another job.
-        obs = a.watch.observe(ranks, now=min(rep.time for rep in ev.reports))
+        held = [m for rep in ev.reports for m in rep.job_mib.values() if m is not None]
+        obs = a.watch.observe(ranks, now=min(rep.time for rep in ev.reports), memory_mib=max(held, default=None))
         for phase in LEARNED_PHASES:
             learned = a.watch.learned.get(phase)
             if learned is not None and learned != jr.learned.get(phase):
@@ -473,8 +487,16 @@ class Controller:
         a.ended = True
         self._say(f"attempt {a.n} failed ({obs.verdict}): {obs.detail}", name, kind="failure")
         t = jr.job.config.training
+        # A packed job's OOM: its share was too small, not its micro-batch. Whole GPUs from now on.
+        outgrew = obs.verdict == Verdict.OOM and self.core.jobs[name].shape.packed
+        if outgrew:
+            self.core.make_exclusive(name)
+            self.journal.record_decision(Decision(name, "exclusive", {"attempt": a.n, "share_mib": a.watch.share_mib
+                                                                      if a.watch else None}))
+            self._say("OOM while sharing a GPU: the next attempt gets a whole GPU", name, kind="change")
         d = FailurePolicy(jr.job.config.retry).decide(
-            Verdict(obs.verdict), History(jr.attempts - 1, jr.restarts_without_progress, *jr.job.micro_batch,
+            Verdict(obs.verdict), History(jr.attempts - 1, jr.restarts_without_progress,
+                                          *((1, 1) if outgrew else jr.job.micro_batch),
                                           tuple(h["node"] for h in a.placement)))
         if d.batch is not None:
             before = changes.shrink_micro_batch(jr, d.batch)

@@ -8,12 +8,12 @@ need succeeds), so a pass costs the ready jobs, not the whole DAG: 10,000-job pl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 from launcher.control.states import JobState, move
 from launcher.scheduling.books import Books
-from launcher.scheduling.model import Candidate, Holding, Placement, Shape
+from launcher.scheduling.model import Candidate, Holding, Placement, Shape, Share
 from launcher.scheduling.policy import Pass, Policy
 from launcher.scheduling.priority import priorities
 from launcher.scheduling.queue import ReadyQueue
@@ -123,18 +123,27 @@ class Core:
     def expect_end(self, name: str, ends_at: float) -> None:
         h = self.holdings.get(name)
         if h is not None:
-            self.holdings[name] = Holding(h.name, h.gpus, ends_at)
+            self.holdings[name] = Holding(h.name, h.gpus, ends_at, h.share)
 
     # ------------------------------------------------------------------ placing
 
     def schedule(self, now: float) -> Pass:
         """What the policy places now; nothing is held until `hold` is called for a placement."""
-        if not self._ready or self.books.free_gpus() <= 0:
+        if not self._ready or (self.books.free_gpus() <= 0 and not self.books.share_room()):
             return Pass()
         out = self.policy.schedule(now, self.queue, self.books, list(self.holdings.values()))
         if self.avoid and out.placements:
             self._steer(out)
         return out
+
+    def make_exclusive(self, name: str) -> None:
+        """A packed job that outgrew its share runs on whole GPUs from now on."""
+        j = self.jobs[name]
+        if j.shape.packed:
+            self.jobs[name] = replace(j, shape=j.shape._replace(mib=0))
+            if name in self._ready:   # queued with its old shape
+                self._unready(name)
+                self._make_ready(name)
 
     def avoid_nodes(self, name: str, nodes: Iterable[str]) -> None:
         """The job's last attempt lost its node: its next placement goes elsewhere if anywhere else fits."""
@@ -145,10 +154,11 @@ class Core:
         none fit it stays (soft: a node that came back is better than waiting for ever)."""
         free = self.books.copy()
         for p in out.placements:
-            free.hold(p.nodes, self.jobs[p.name].shape.gpus_per_node)
+            if p.gpu is None:
+                free.hold(p.nodes, self.jobs[p.name].shape.gpus_per_node)
         for i, p in enumerate(out.placements):
             bad = self.avoid.get(p.name)
-            if not bad or bad.isdisjoint(p.nodes):
+            if not bad or bad.isdisjoint(p.nodes) or p.gpu is not None:   # a packed job's share is not moved
                 continue
             shape = self.jobs[p.name].shape
             free.hold(p.nodes, shape.gpus_per_node, -1)
@@ -159,14 +169,23 @@ class Core:
     def hold(self, p: Placement, now: float) -> None:
         """The placement is made: the GPUs are the job's until `release`, and what it avoided is spent."""
         self.avoid.pop(p.name, None)
-        g = self.jobs[p.name].shape.gpus_per_node
-        self.hold_gpus(p.name, tuple((n, g) for n in p.nodes), now + self.estimates[p.name])
+        shape = self.jobs[p.name].shape
+        if p.gpu is not None:
+            self.hold_share(p.name, Share(p.nodes[0], p.gpu, shape.mib), now + self.estimates[p.name])
+            return
+        self.hold_gpus(p.name, tuple((n, shape.gpus_per_node) for n in p.nodes), now + self.estimates[p.name])
 
     def hold_gpus(self, name: str, gpus: tuple[tuple[str, int], ...], ends_at: float) -> None:
         """Where the job's GPUs are (again: Ray may put a job elsewhere than the books proposed)."""
         self.release(name)
         self.books.hold_gpus(gpus)
         self.holdings[name] = Holding(name, gpus, ends_at)
+
+    def hold_share(self, name: str, share: Share, ends_at: float) -> None:
+        """Where a packed job's memory is (again: the GPU Ray gave it may not be the books' guess)."""
+        self.release(name)
+        self.books.hold_share(share.node, share.gpu, share.mib)
+        self.holdings[name] = Holding(name, (), ends_at, share)
 
     def release(self, name: str, keep: Iterable[tuple[str, int]] = ()) -> None:
         """The job gave its GPUs back, except `keep` (leaked memory: quarantined for good)."""
@@ -175,6 +194,8 @@ class Core:
             return
         self.version += 1
         kept = list(keep)
+        if h.share is not None:
+            self.books.hold_share(h.share.node, h.share.gpu, h.share.mib, -1)
         self.books.hold_gpus(h.gpus, -1)
         self.books.hold_gpus(kept)
         self.quarantined.extend(kept)

@@ -27,6 +27,7 @@ class ReserveOrder:
     shape: Shape
     nodes: tuple[str, ...]
     cpus_per_node: float = 0.0
+    gpu_fraction: float = 0.0    # a packed job: this share of one GPU instead of whole GPUs
 
 
 @dataclass(frozen=True)

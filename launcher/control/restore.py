@@ -19,6 +19,7 @@ from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.plan import Plan
 from launcher.scheduling import estimates
+from launcher.scheduling import needs as gpu_needs
 from launcher.scheduling.books import Books
 from launcher.scheduling.model import Shape
 from launcher.scheduling.policy import make as make_policy
@@ -27,17 +28,26 @@ from launcher.supervision.policy import Action
 log = logging.getLogger("launcher")
 
 
-def make_core(plan: Plan, rd: RunDir, journal: Journal, books: Books, policy: str) -> Core:
-    """The scheduling core, with durations from earlier runs of the same jobs where there are any."""
-    history = estimates.durations_from_journals(estimates.past_journals(rd.root.parent, exclude=rd.root))
-    needs = []
+def make_core(plan: Plan, rd: RunDir, journal: Journal, books: Books, policy: str,
+              memory_backend: str = "host") -> Core:
+    """The scheduling core, with durations and GPU memory needs from earlier runs of the same jobs
+    where there are any: a job whose need is known and fits beside others is packed."""
+    past = estimates.past_journals(rd.root.parent, exclude=rd.root)
+    history = estimates.durations_from_journals(past)
+    peaks = gpu_needs.measured_peaks([db.parent for db in past], memory_backend) if books.gpu_mib else {}
+    jobs = []
     for i, (name, job) in enumerate(plan.jobs.items()):
         r, est = job.config.resources, estimates.initial(job, history)
-        needs.append(JobNeeds(name, job.needs, Shape(r.nodes, r.gpus_per_node, r.gpu_type), i, est.seconds))
+        shape = Shape(r.nodes, r.gpus_per_node, r.gpu_type)
+        need = gpu_needs.need(job, peaks)
+        if need.mib is not None and books.could_ever_fit(shape._replace(mib=need.mib)):
+            shape = shape._replace(mib=need.mib)
+            log.info("%s: packed, needs %s", name, need.describe())
+        jobs.append(JobNeeds(name, job.needs, shape, i, est.seconds))
         if est.source == "history":
             log.info("%s: estimated %.0fs from earlier runs", name, est.seconds)
     done = {r["name"]: JobState.SUCCEEDED for r in journal.jobs() if r["state"] == "succeeded"}
-    return Core(needs, books, make_policy(policy), initial=done)
+    return Core(jobs, books, make_policy(policy), initial=done)
 
 
 def load_history(jobs: dict[str, JobRun], journal: Journal, core: Core) -> None:
@@ -74,6 +84,8 @@ def _replay(jr: JobRun, journal: Journal, core: Core, newest_ckpt_attempt: int) 
             jr.restarts_without_progress = d.data["restarts_without_progress"]
             restart_attempt = d.data["attempt"]
             avoid = tuple(d.data["avoid_nodes"]) if d.data["action"] == Action.RESTART_ELSEWHERE else ()
+        elif d.kind == "exclusive":   # a packed attempt outgrew its share: whole GPUs from then on
+            core.make_exclusive(name)
         elif d.kind == "give_up":   # a resumed run is a new try: its no-progress count starts again
             jr.restarts_without_progress, restart_attempt, avoid = 0, d.data["attempt"], ()
     if newest_ckpt_attempt > restart_attempt:   # an attempt after the decision saved a checkpoint

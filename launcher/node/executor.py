@@ -97,7 +97,7 @@ class RayExecutor:
 
     def reserve(self, o: ReserveOrder) -> None:
         s = o.shape
-        bundle: dict[str, float] = {"GPU": float(s.gpus_per_node)}
+        bundle: dict[str, float] = {"GPU": o.gpu_fraction or float(s.gpus_per_node)}
         if o.cpus_per_node:
             bundle["CPU"] = o.cpus_per_node
         if s.gpu_type:
@@ -227,7 +227,7 @@ class RayExecutor:
             if not lv.reused and not ray.wait([lv.ready_ref], timeout=0)[0]:
                 return None
             # Which node and GPU ids each bundle got: a zero-CPU task inside it, on a pre-started worker.
-            lv.info_refs = [bundle_info.options(num_gpus=o.shape.gpus_per_node,
+            lv.info_refs = [bundle_info.options(num_gpus=o.gpu_fraction or o.shape.gpus_per_node,
                                                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                                                     placement_group=lv.pg, placement_group_bundle_index=i)).remote()
                             for i in range(o.shape.nodes)]

@@ -78,6 +78,7 @@ class RankGroup:
         master_port = master_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_ADDRESS"}
         env.update(extra_env)
+        self.shared = "SL_GPU_SHARE_MIB" in extra_env   # a packed job: its GPU has other tenants
         # All local ranks see the job's GPUs on this node; LOCAL_RANK picks one (NCCL peer-to-peer).
         env["CUDA_VISIBLE_DEVICES"] = ",".join(info["gpus"])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -148,7 +149,9 @@ class RankGroup:
             ranks.append(RankStatus(rank, owned.pid, owned.create_time, code, beat,
                                     tail(self.jd.rank_log(self.attempt, rank)) if code is not None else [],
                                     self.oom_killed.get(rank), self.exited_at.get(rank)))
-        return AgentReport(node=self.bundle.node, ranks=ranks, new_children=new)
+        sampler = getattr(self, "monitor", None)
+        return AgentReport(node=self.bundle.node, ranks=ranks, new_children=new,
+                           job_mib=dict(sampler.latest) if sampler is not None else {})
 
     def dump_stacks(self) -> list[int]:
         """py-spy dump of every live rank into its own log, before a hung rank is killed."""
@@ -183,7 +186,8 @@ class RankGroup:
         freed = None
         if getattr(self, "probe", None) is not None:
             freed = release.wait_released(self.probe, self.gpus, [(o.pid, o.create_time) for o in self.known.values()],
-                                          self.baseline, timeout=float(os.environ.get("SL_RELEASE_TIMEOUT", "60")))
+                                          self.baseline, timeout=float(os.environ.get("SL_RELEASE_TIMEOUT", "60")),
+                                          shared=getattr(self, "shared", False))
             self.probe.close()
             self.probe = None
         return Stopped(codes, [o.pid for o in alive], freed, list(getattr(self, "gpus", [])))

@@ -63,6 +63,7 @@ class AgentReport:
     ranks: list[RankStatus]
     new_children: list[NewChild]
     time: float = field(default_factory=time.time)   # when the host looked: the watch judges at this time
+    job_mib: dict[str, float | None] = field(default_factory=dict)   # GPU -> the job's MiB, the monitor's last sample
 
 
 @dataclass(frozen=True)

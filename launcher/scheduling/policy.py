@@ -7,6 +7,11 @@
   jobs start before it only when their estimated end comes first or they leave its GPUs alone
   (Slurm's EASY backfill, per node). Re-planned on every pass, so a wrong estimate costs one
   job's slack, not the schedule.
+
+Packed jobs (a known memory need, `Shape.mib`) go where they fit tightest on a shared GPU, else
+on a whole free GPU; in backfill, one that would outlive the reservation starts a shared GPU
+only where the reserved job leaves one spare, and a shared GPU counts as free for the reserved
+job when its last tenant is expected to end.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
-from launcher.scheduling.books import Books
-from launcher.scheduling.model import Candidate, Holding, Placement, Reservation, Shape
+from launcher.scheduling.books import Allowed, Books
+from launcher.scheduling.model import Candidate, Holding, Placement, Reservation, Shape, Share
 from launcher.scheduling.queue import ReadyQueue
 
 
@@ -33,13 +38,30 @@ class Policy(Protocol):
         ...
 
 
+def _pack(c: Candidate, free: Books, out: Pass, allowed: Allowed | None = None) -> Share | None:
+    """Place a packed job in the pass: its share held in `free`, the placement recorded."""
+    spot = free.choose_share(c.shape.mib, c.shape.gpu_type, allowed)
+    if spot is None:
+        return None
+    free.hold_share(*spot, c.shape.mib)
+    out.placements.append(Placement(c.name, (spot[0],), spot[1]))
+    return Share(spot[0], spot[1], c.shape.mib)
+
+
 def _greedy(ready: Iterable[Candidate], books: Books, failed: set[Shape]) -> Pass:
     free, out = books.copy(), Pass()
     left = free.free_gpus()
     for c in ready:
-        if left <= 0:
+        if left <= 0 and not free.share_room():
             break
         if c.shape in failed:
+            continue
+        if c.shape.packed:
+            if _pack(c, free, out) is None:
+                failed.add(c.shape)
+            left = free.free_gpus()
+            continue
+        if left <= 0:
             continue
         nodes = free.choose(c.shape) if c.shape.width <= left else None
         if nodes is None:
@@ -72,11 +94,18 @@ def reserve(c: Candidate, free: Books, running: Sequence[Holding], now: float) -
     at that time (what a backfilled job that outlives the reservation may still use there)."""
     gpn, kind = c.shape.gpus_per_node, c.shape.gpu_type
     releases: dict[str, list[tuple[float, int]]] = {}
+    last_tenant: dict[tuple[str, str], float] = {}   # a shared GPU is whole when its last tenant ends
     for h in running:
         t = h.ends_at if h.ends_at > now else now
+        if h.share is not None:
+            key = (h.share.node, h.share.gpu)
+            last_tenant[key] = max(last_tenant.get(key, t), t)
         for n, g in h.gpus:
             if free.free[n] < gpn:          # a node that already fits needs no timeline
                 releases.setdefault(n, []).append((t, g))
+    for (n, _gpu), t in last_tenant.items():
+        if free.free[n] < gpn:
+            releases.setdefault(n, []).append((t, 1))
     ready_at: list[tuple[float, str]] = []
     for n, have in free.free.items():
         if free.capacity_of[n] < gpn or (kind is not None and not free.matches(n, kind)):
@@ -116,10 +145,23 @@ class Backfill:
         fit: dict[Shape, tuple[str, ...] | None] = {}
         allowed = lambda n, g: n not in spare or spare[n] >= g   # noqa: E731 - the reservation's veto
         for c in ready.walk(dead):
-            if left <= 0 or tests > self.max_backfill_tests:
+            if (left <= 0 and not free.share_room()) or tests > self.max_backfill_tests:
                 break
             if blocked is not None:
                 tests += 1
+            if c.shape.packed:
+                r = out.reservation
+                long = r is not None and now + c.estimate_s > r.at
+                share = _pack(c, free, out, allowed if long else None)
+                if share is None:
+                    dead.add(c.shape)
+                    continue
+                if share.node in spare and free.free_gpus() < left:   # it took a whole GPU there
+                    spare[share.node] -= 1
+                left = free.free_gpus()
+                held.append(Holding(c.name, (), now + c.estimate_s, share))
+                fit.clear()
+                continue
             if c.shape.width > left:
                 dead.add(c.shape)
                 blocked = blocked or c

@@ -62,6 +62,7 @@ class AttemptWatch:
     hang: HangSpec
     started: float = field(default_factory=time.time)
     exit_classes: dict[int, str] = field(default_factory=dict)   # retry.on_exit_codes: exit code -> failure class
+    share_mib: int | None = None   # a packed job: the GPU memory it was given beside others
     learned: dict[str, float] = field(default_factory=dict)   # phase -> timeout; carried over from earlier attempts
     last_step: int = -1
     last_progress: float = 0.0
@@ -93,7 +94,8 @@ class AttemptWatch:
     def _sample(self, phase: str, seconds: float) -> None:
         self.slowest[phase] = max(self.slowest.get(phase, 0.0), seconds)
 
-    def observe(self, ranks: list[RankStatus], now: float | None = None) -> Observation:
+    def observe(self, ranks: list[RankStatus], now: float | None = None, memory_mib: float | None = None) -> Observation:
+        """`memory_mib`: the job's memory on its GPU as the monitor last measured it (packed jobs)."""
         now = time.time() if now is None else now
         codes = {r.rank: r.exit_code for r in ranks}
         beats = [r.heartbeat for r in ranks if r.heartbeat]
@@ -107,6 +109,12 @@ class AttemptWatch:
             return self._failure(obs, failed)
         if all(c == 0 for c in codes.values()):
             obs.verdict = Verdict.DONE
+            return obs
+        if self.share_mib and memory_mib is not None and memory_mib > self.share_mib:
+            # Its neighbours were promised the rest of the GPU: stopped here, not when they fail.
+            obs.verdict = Verdict.OOM
+            obs.detail = (f"outgrew its GPU share: {memory_mib:.0f} MiB measured, {self.share_mib} MiB shared "
+                          "(resources.gpu_memory, or the need measured in earlier runs)")
             return obs
         phase = self._job_phase(beats, len(ranks))
         units = min((b.progress for b in beats if b.phase == phase), default=0)

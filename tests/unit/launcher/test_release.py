@@ -65,3 +65,22 @@ def test_an_exited_but_unreaped_process_holds_nothing() -> None:
         assert r.released, r
     finally:
         os.waitpid(pid, 0)
+
+
+def test_a_shared_gpu_is_released_once_the_jobs_own_processes_are_gone_whatever_the_neighbours_hold() -> None:
+    """A packed job's neighbour (pid 555) grows while it stops: not this job's memory, no quarantine."""
+    script = [
+        {"0": {"mem": (9000, 81920), "util": 0, "procs": [(101, 4000), (555, 4000)]}},    # baseline: both tenants
+        {"0": {"mem": (13000, 81920), "util": 0, "procs": [(101, 4000), (555, 8000)]}},   # ours still there
+        {"0": {"mem": (9000, 81920), "util": 0, "procs": [(555, 8000)]}},                 # ours gone; 555 grew
+    ]
+    probe = NvmlProbe(["0"], fake_pynvml(script))
+    base = baseline(probe, ["0"])
+    clock, sleep = _clock()
+    r = wait_released(probe, ["0"], [101], base, timeout=10, interval=0.5, clock=clock, sleep=sleep, shared=True)
+    assert r.released and r.waited_s == 0.5
+    # judged by the device total, the same GPU would never have counted as back
+    probe = NvmlProbe(["0"], fake_pynvml(script))
+    base = baseline(probe, ["0"])
+    clock, sleep = _clock()
+    assert not wait_released(probe, ["0"], [101], {"0": 1000.0}, timeout=3, interval=1, clock=clock, sleep=sleep).released
