@@ -4,7 +4,7 @@
 
 Pieces (one module each): scheduling (bench/scheduling.py), simulate (bench/simulate.py), launch (bench/launch_overhead.py),
 recovery (bench/recovery.py), faults (bench/fault_matrix.py), monitor (bench/monitor_cost.py), training (bench/training_overhead.py),
-methods (bench/method_cost.py: Lisa / SFT, FABE / SFT), scale (bench/scale.py). It reports: a
+methods (bench/method_cost.py: Lisa / SFT, FABE / SFT), scale (bench/scale.py), packing (bench/packing.py). It reports: a
 missed target is printed as such, a piece that cannot run says why; the exit status is 0 either way.
 """
 
@@ -31,6 +31,7 @@ PIECES = {
     "training": "bench.training_overhead",
     "methods": "bench.method_cost",
     "scale": "bench.scale",
+    "packing": "bench.packing",
 }
 
 

@@ -26,8 +26,10 @@ def run(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]]
     books = Books.of(((n.node_id, n.gpus, n.gpu_type) for n in shape.nodes),
                      {n.node_id: n.gpu_mib for n in shape.nodes if n.gpu_mib})
     executor = RayExecutor(run_id, (n.node_id for n in shape.nodes if n.gpus > 0))
-    # What the monitor measures peaks with, here: packing needs from earlier runs must match it.
-    backend = os.environ.get("SL_MONITOR_BACKEND") or ("nvml" if local_gpus()[0] else "host")
+    # What the monitor measures peaks with here (its `auto`): needs from earlier runs must match it.
+    backend = os.environ.get("SL_MONITOR_BACKEND", "auto")
+    if backend == "auto":
+        backend = "nvml" if local_gpus()[0] else "host"
     controller = Controller(plan, rd, journal, env, books, executor, policy, metrics=ProgressMetrics(run_id),
-                            memory_backend=backend if backend != "auto" else ("nvml" if local_gpus()[0] else "host"))
+                            memory_backend=backend)
     return controller.run()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import monitor, report_tables, status
+from launcher import monitor, report_sharing, report_tables, status
 from launcher.atomic import read_json, read_jsonl, write_text
 from launcher.layout import JobDir, RunDir
 from launcher.monitor import PeakRow
@@ -284,6 +284,11 @@ def markdown(r: Report) -> str:
                        "device total MiB", "torch allocated MiB", "torch reserved MiB", "backend"], peak_rows)
     else:
         out.append("No memory samples (no job ran with the monitor).")
+    shared = report_sharing.rows({j.name: j.attempts for j in r.jobs}, r.created, now)
+    if shared:
+        out += ["", "## Shared GPUs", "",
+                "GPUs that packed jobs shared by memory (each one's share; the most at once and their shares then).", ""]
+        out += _table(["host", "GPU", "attempts", "most at once", "tenants (share, seconds into the run)"], shared)
     for j in r.jobs:
         if f"mem_{j.name}" in r.plots:
             out += ["", f"### {j.name}", "", f"![memory of {j.name}]({r.plots[f'mem_{j.name}']})"]

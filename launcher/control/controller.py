@@ -320,8 +320,10 @@ class Controller:
         assert a is not None
         a.placement = [{"node": rep.bundle.node, "host": rep.bundle.host, "gpus": list(rep.bundle.gpus)}
                        for rep in ev.replies]
-        a.held = a.placement          # the reservation becomes where the executor really put the job
         held = self.core.holdings.get(name)
+        if held is not None and held.share is not None:   # on record: bin/report shows who shared which GPU
+            a.placement[0]["share_mib"] = held.share.mib
+        a.held = a.placement          # the reservation becomes where the executor really put the job
         if held is not None and held.share is not None:
             self.core.hold_share(name, packing.actual_share(held.share, a.placement[0]["gpus"]),
                                  self.clock() + self.core.estimates[name])

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from launcher.journal import Journal
+from launcher.layout import RunDir
 from launcher.memfiles import read_samples
+from launcher.report import build, markdown
 from tests.integration.launcher.conftest import launch, status, write_plan
 
 pytestmark = pytest.mark.integration
@@ -100,6 +102,10 @@ def test_jobs_share_gpus_by_memory_and_one_that_outgrows_its_share_moves_to_a_wh
     for (gpu, t, _n), mib in highest.items():
         per_second[(gpu, t)] += mib
     assert per_second and max(per_second.values()) <= GPU_MIB
+
+    # bin/report says who shared which GPU
+    md = markdown(build(RunDir(run), plots=False))
+    assert "## Shared GPUs" in md and md.count("| 3 (2400 MiB) |") == 2
 
     # the unknown one had a whole GPU; the same plan again packs it by what it measured
     (u,) = att["unknown"]

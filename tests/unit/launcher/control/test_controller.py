@@ -6,6 +6,7 @@ researcher would look at afterwards: job states, attempts, decisions, and which 
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -179,6 +180,31 @@ def test_a_launcher_line_gets_one_process_per_node_and_a_script_one_per_gpu(tmp_
     assert controller(plan, rd, ex).run() == "succeeded"
     assert [(o.job, o.ranks_per_node, o.world_size) for o in orders(ex, StartOrder)] == [("line", 1, 2),
                                                                                           ("ranks", 2, 4)]
+
+
+def test_a_packed_job_that_runs_out_of_memory_gets_a_whole_gpu_and_keeps_it_after_a_resume(tmp_path: Path) -> None:
+    plan, rd = make_run(tmp_path, """
+        small: {resources: {gpu_memory: 2GiB}, retry: {max_restarts: 2, backoff: 0}, training: {batch_size: 4}}
+        other: {resources: {gpu_memory: 2GiB}}
+    """)
+    books = Books.of(((n.node_id, n.gpus, n.gpu_type) for n in TWO_NODES.nodes), {"n0": 8192, "n1": 8192})
+    oom = Script(stop_at=2, exit_code=1, log=("torch.OutOfMemoryError: CUDA out of memory.",))
+    ex = InMemoryExecutor(Clock(), {"small": [oom, Script()]})
+    c = Controller(plan, rd, open_journal(plan, rd), {}, books, ex, "backfill", clock=ex.clock)
+    assert c.run() == "succeeded"
+    first, second = orders(ex, ReserveOrder, "small")
+    # 2 GiB of the 7 GiB usable (8 GiB less the 1 GiB headroom), then a whole GPU, the micro-batch kept
+    assert (first.shape.mib, first.gpu_fraction, second.shape.mib, second.gpu_fraction) == (2048, 0.2858, 0, 0.0)
+    assert [d.kind for d in c.journal.decisions("small") if d.kind in ("exclusive", "micro_batch")] == ["exclusive"]
+    (start,) = [o for o in orders(ex, StartOrder, "small")][:1]
+    assert start.env["SL_GPU_SHARE_MIB"] == "2048" and start.env["SL_GPU_MEMORY_FRACTION"] == "0.2500"
+    assert "SL_GPU_SHARE_MIB" not in orders(ex, StartOrder, "small")[1].env
+    placement = json.loads(c.journal.attempts("small")[0]["placement"])
+    assert placement[0]["share_mib"] == 2048
+    assert c.core.books.free == {"n0": 2, "n1": 2} and not any(c.core.books.shared.values())
+    # a resumed run replays the decision: whole GPUs for it, still packed for the other
+    c2 = Controller(plan, rd, open_journal(plan, rd), {}, books, InMemoryExecutor(Clock()), "backfill")
+    assert c2.core.jobs["small"].shape.mib == 0 and c2.core.jobs["other"].shape.mib == 2048
 
 
 def test_ranks_that_exit_0_without_a_result_fail_the_job(tmp_path: Path) -> None:

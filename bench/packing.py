@@ -1,0 +1,141 @@
+"""Packing by memory: a sweep of jobs that each hold real memory, whole GPUs vs shared, in one run.
+
+    PYTHONPATH=. .venv/bin/python bench/packing.py [--quick] [--json OUT]   (also the `packing` piece of `python -m bench`)
+
+20 synthetic jobs, each holding a real allocation (written, so resident: the host monitor's
+measure on simulated GPUs) for 20 s, on 2 simulated GPUs, through the real launcher twice:
+`share: never` (every job a whole GPU, what every launcher we compare with does) and packed, the
+need given as the measured-peak rule would learn it (the allocation plus Python's own ~40 MiB,
+plus the margin). Makespan from the journal (first rank start to last exit), OOMs from the
+attempts, and the most memory any GPU's tenants held together in any second of the monitor's
+samples. Full: the issue's sizes (3 GiB each, 24 GiB GPUs), which needs ~40 GiB of free RAM;
+quick: 1 GiB each on 8 GiB GPUs (4 to a GPU rather than 6: the headroom and margin have floors).
+Target: packed makespan <= 0.35 x exclusive, no OOM, no GPU over capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from bench.runs import launch
+from launcher.journal import Journal
+from launcher.memfiles import read_samples
+from launcher.scheduling.books import headroom_mib
+from launcher.scheduling.needs import with_margin
+
+if TYPE_CHECKING:
+    from bench.results import PieceResult
+
+JOBS, HOLD_S, STEP_S = 20, 20.0, 0.5
+PYTHON_MIB = 40   # a synthetic rank's own resident memory besides its allocation
+SIZES = {False: (3072, 24 * 1024), True: (1024, 8 * 1024)}   # quick -> (MiB each job holds, MiB per GPU)
+
+
+def plan(alloc_mib: int, share: bool) -> str:
+    res = (f"{{nodes: 1, gpus_per_node: 1, gpu_memory: {with_margin(alloc_mib + PYTHON_MIB)}}}" if share
+           else "{nodes: 1, gpus_per_node: 1, share: never}")
+    jobs = "".join(f"  s{i:02d}: {{}}\n" for i in range(JOBS))
+    return f"""name: packing-sweep
+defaults:
+  method: synthetic
+  resources: {res}
+  params: {{steps: {int(HOLD_S / STEP_S)}, step_time: {STEP_S}, host_mib: {alloc_mib}}}
+  retry: {{max_restarts: 1, backoff: 0}}
+  hang: {{startup: 120, step: 30}}
+jobs:
+{jobs}"""
+
+
+def measure(run: Path) -> dict[str, Any]:
+    j = Journal(run / "run.db", readonly=True)
+    try:
+        att = [dict(a) for r in j.jobs() for a in j.attempts(r["name"])]
+        names = [r["name"] for r in j.jobs()]
+    finally:
+        j.close()
+    highest: dict[tuple[str, int, str], float] = defaultdict(float)
+    for n in names:
+        for s in read_samples(run / "jobs" / n / "gpu_mem.csv"):
+            if s.job_mib is not None:
+                key = (s.gpu_index, int(s.time), n)
+                highest[key] = max(highest[key], s.job_mib)
+    per_gpu: dict[str, float] = defaultdict(float)
+    per_second: dict[tuple[str, int], float] = defaultdict(float)
+    for (gpu, t, _n), mib in highest.items():
+        per_second[(gpu, t)] += mib
+    for (gpu, _t), mib in per_second.items():
+        per_gpu[gpu] = max(per_gpu[gpu], mib)
+    starts = [a["started"] for a in att if a["started"]]
+    ends = [a["ended"] for a in att if a["ended"]]
+    return {"makespan_s": max(ends) - min(starts), "attempts": len(att),
+            "ooms": sum(1 for a in att if a["failure"] == "oom"),
+            "failed": sum(1 for a in att if a["state"] != "succeeded"), "peak_gpu_mib": dict(per_gpu),
+            "mean_job_s": sum(a["ended"] - a["started"] for a in att if a["ended"] and a["started"]) / len(att)}
+
+
+def compare(quick: bool) -> dict[str, Any]:
+    alloc, gpu_mib = SIZES[quick]
+    need = with_margin(alloc + PYTHON_MIB)
+    per_gpu = (gpu_mib - headroom_mib(gpu_mib)) // need
+    free = psutil.virtual_memory().available >> 20
+    wanted = int(2 * per_gpu * (alloc + PYTHON_MIB) * 1.1)
+    if free < wanted:
+        raise RuntimeError(f"needs ~{wanted} MiB of free RAM for {2 * per_gpu} jobs of {alloc} MiB at once; "
+                           f"{free} MiB free (--quick: smaller jobs)")
+    out: dict[str, Any] = {"alloc_mib": alloc, "gpu_mib": gpu_mib, "need_mib": need, "jobs_per_gpu": per_gpu}
+    with tempfile.TemporaryDirectory(prefix="sl-bench-packing-") as tmp:
+        for mode in ("exclusive", "packed"):
+            p = Path(tmp) / f"{mode}.yaml"
+            p.write_text(plan(alloc, mode == "packed"))
+            r = launch(p, Path(tmp) / "runs", f"packing-{mode}", "--simulate-gpus", "2", "--simulate-gpu-memory",
+                       f"{gpu_mib}MiB", timeout=1800)
+            out[mode] = {**measure(r.run_dir), "wall_s": r.wall_s}
+    out["ratio"] = out["packed"]["makespan_s"] / out["exclusive"]["makespan_s"]
+    return out
+
+
+def bench(quick: bool) -> PieceResult:
+    from bench.results import PieceResult, Row
+
+    r = compare(quick)
+    ex, pk = r["exclusive"], r["packed"]
+    over = max(pk["peak_gpu_mib"].values(), default=0.0) > r["gpu_mib"]
+    note = (f"{JOBS} synthetic jobs each holding {r['alloc_mib']} MiB for {HOLD_S:.0f} s on 2 simulated GPUs of "
+            f"{r['gpu_mib']} MiB; need {r['need_mib']} MiB ({r['jobs_per_gpu']} to a GPU); exclusive = share: never, "
+            f"run first, the same launcher; mean job {ex['mean_job_s']:.1f} s exclusive, {pk['mean_job_s']:.1f} s packed")
+    rows = [
+        Row("sweep makespan, packed / exclusive", f"{r['ratio']:.3f}", r["ratio"],
+            baseline=f"exclusive {ex['makespan_s']:.0f} s", target="<= 0.35", ratio=r["ratio"],
+            met=r["ratio"] <= 0.35 and pk["ooms"] == 0 and not over, note=note),
+        Row("OOMs / failed attempts, packed", f"{pk['ooms']} / {pk['failed']}", pk["ooms"], target="0",
+            met=pk["ooms"] == 0 and pk["failed"] == 0),
+        Row("most memory a GPU's tenants held at once, packed (MiB)",
+            ", ".join(f"GPU {g}: {m:.0f}" for g, m in sorted(pk["peak_gpu_mib"].items())), None,
+            target=f"<= {r['gpu_mib']} each", met=not over),
+    ]
+    return PieceResult("packing", rows, r)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    r = compare(args.quick)
+    print(f"packing: exclusive {r['exclusive']['makespan_s']:.1f} s, packed {r['packed']['makespan_s']:.1f} s, "
+          f"ratio {r['ratio']:.3f}; OOMs {r['packed']['ooms']}; peak per GPU {r['packed']['peak_gpu_mib']}")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
