@@ -9,7 +9,7 @@ need given as the measured-peak rule would learn it (the allocation plus Python'
 plus the margin). Makespan from the journal (first rank start to last exit), OOMs from the
 attempts, and the most memory any GPU's tenants held together in any second of the monitor's
 samples. Full: the issue's sizes (3 GiB each, 24 GiB GPUs), which needs ~40 GiB of free RAM;
-quick: 1 GiB each on 8 GiB GPUs (4 to a GPU rather than 6: the headroom and margin have floors).
+quick: 1 GiB each on 12 GiB GPUs (7 to a GPU, ~16 GiB of free RAM; the headroom and margin have floors).
 Target: packed makespan <= 0.35 x exclusive, no OOM, no GPU over capacity.
 """
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 JOBS, HOLD_S, STEP_S = 20, 20.0, 0.5
 PYTHON_MIB = 40   # a synthetic rank's own resident memory besides its allocation
-SIZES = {False: (3072, 24 * 1024), True: (1024, 8 * 1024)}   # quick -> (MiB each job holds, MiB per GPU)
+SIZES = {False: (3072, 24 * 1024), True: (1024, 12 * 1024)}   # quick -> (MiB each job holds, MiB per GPU)
 
 
 def plan(alloc_mib: int, share: bool) -> str:
