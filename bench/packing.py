@@ -28,6 +28,7 @@ import psutil
 from bench.runs import launch
 from launcher.journal import Journal
 from launcher.memfiles import read_samples
+from launcher.report_sharing import held_per_second
 from launcher.scheduling.books import headroom_mib
 from launcher.scheduling.needs import with_margin
 
@@ -61,17 +62,8 @@ def measure(run: Path) -> dict[str, Any]:
         names = [r["name"] for r in j.jobs()]
     finally:
         j.close()
-    highest: dict[tuple[str, int, str], float] = defaultdict(float)
-    for n in names:
-        for s in read_samples(run / "jobs" / n / "gpu_mem.csv"):
-            if s.job_mib is not None:
-                key = (s.gpu_index, int(s.time), n)
-                highest[key] = max(highest[key], s.job_mib)
     per_gpu: dict[str, float] = defaultdict(float)
-    per_second: dict[tuple[str, int], float] = defaultdict(float)
-    for (gpu, t, _n), mib in highest.items():
-        per_second[(gpu, t)] += mib
-    for (gpu, _t), mib in per_second.items():
+    for (gpu, _t), mib in held_per_second({n: read_samples(run / "jobs" / n / "gpu_mem.csv") for n in names}).items():
         per_gpu[gpu] = max(per_gpu[gpu], mib)
     starts = [a["started"] for a in att if a["started"]]
     ends = [a["ended"] for a in att if a["ended"]]

@@ -1,12 +1,16 @@
 """Which jobs shared which GPU, for bin/report: from the attempts' placements (a packed attempt's
-placement carries its share). Pure: attempts in, rows out."""
+placement carries its share); and what a GPU's tenants held together, from their memory samples.
+Pure: attempts or samples in, rows out."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from launcher.memfiles import SampleRow
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,18 @@ def rows(attempts: dict[str, list[dict[str, Any]]], created: float, now: float) 
                         f"{(t.ended if t.ended is not None else now) - created:.0f} s" for t in tenants)
         out.append([host, gpu, str(len(tenants)), f"{n} ({mib} MiB)", who])
     return out
+
+
+def held_per_second(samples: dict[str, list[SampleRow]]) -> dict[tuple[str, int], float]:
+    """(GPU, second) -> what all jobs held on it in that second: each job's highest sample of the
+    second, summed (the jobs' monitors do not sample in step, and one job samples twice a second)."""
+    highest: dict[tuple[str, int, str], float] = defaultdict(float)
+    for job, rows in samples.items():
+        for r in rows:
+            if r.job_mib is not None:
+                key = (r.gpu_index, int(r.time), job)
+                highest[key] = max(highest[key], r.job_mib)
+    out: dict[tuple[str, int], float] = defaultdict(float)
+    for (gpu, t, _job), mib in highest.items():
+        out[(gpu, t)] += mib
+    return dict(out)

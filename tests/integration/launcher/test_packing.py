@@ -21,6 +21,7 @@ from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.memfiles import read_samples
 from launcher.report import build, markdown
+from launcher.report_sharing import held_per_second
 from tests.integration.launcher.conftest import launch, status, write_plan
 
 pytestmark = pytest.mark.integration
@@ -91,16 +92,7 @@ def test_jobs_share_gpus_by_memory_and_one_that_outgrows_its_share_moves_to_a_wh
                 assert other["ended"] <= g2["started"] or other["started"] >= g2["ended"], (n, other)
 
     # never over capacity: per GPU and sample time, the tenants' measured memory adds up to at most the GPU
-    # (each job's highest sample in each second: the monitors of different jobs do not sample in step)
-    highest: dict[tuple[str, int, str], float] = defaultdict(float)
-    for n in att:
-        for s in read_samples(run / "jobs" / n / "gpu_mem.csv"):
-            if s.job_mib is not None:
-                key = (s.gpu_index, int(s.time), n)
-                highest[key] = max(highest[key], s.job_mib)
-    per_second: dict[tuple[str, int], float] = defaultdict(float)
-    for (gpu, t, _n), mib in highest.items():
-        per_second[(gpu, t)] += mib
+    per_second = held_per_second({n: read_samples(run / "jobs" / n / "gpu_mem.csv") for n in att})
     assert per_second and max(per_second.values()) <= GPU_MIB
 
     # bin/report says who shared which GPU

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from launcher.report_sharing import Tenancy, most_at_once, rows, shared_gpus
+from launcher.report_sharing import Tenancy, held_per_second, most_at_once, rows, shared_gpus
 
 
 def att(n: int, start: float, end: float | None, gpu: str, share: int | None) -> dict:
@@ -29,3 +29,13 @@ def test_who_shared_which_gpu_and_the_most_at_once() -> None:
 def test_most_at_once_of_nothing_is_zero() -> None:
     assert most_at_once([], 0) == (0, 0)
     assert most_at_once([Tenancy("x", 1, 5, 0, 1)], 2) == (1, 5)
+
+
+def test_what_a_gpus_tenants_held_per_second_sums_each_jobs_highest_sample() -> None:
+    from launcher.memfiles import SampleRow
+
+    def s(t: float, gpu: str, mib: float | None) -> SampleRow:
+        return SampleRow(t, "n", "h", "host", 1, gpu, None, None, None, None, mib, {}, None, "")
+    got = held_per_second({"a": [s(10.1, "0", 500), s(10.6, "0", 700), s(11.2, "0", 650)],
+                           "b": [s(10.4, "0", 300), s(10.9, "1", 900), s(11.0, "0", None)]})
+    assert got == {("0", 10): 1000, ("0", 11): 650, ("1", 10): 900}
