@@ -85,6 +85,17 @@ def read(pid: int) -> OomCounter | None:
     return OomCounter(None, 0, node) if node is not None else None
 
 
+def settled(kept: OomCounter | None, new: OomCounter | None, last: OomCounter | None) -> OomCounter | None:
+    """The counter a later death is judged against, after a look at a live process that read `new`
+    (`last`: the look before). The kernel counts an OOM kill before the killed process can be
+    reaped, so a reading taken in between already holds its own kill: a new reading replaces the
+    kept one only once two looks in a row agree while the process still lives (a kill in progress
+    would have ended it by the second)."""
+    if kept is None:
+        return new
+    return new if new is not None and new == last else kept
+
+
 def oom_killed(before: OomCounter | None, exit_code: int | None) -> str | None:
     """Why a rank that died of SIGKILL died, if the OOM killer did it; None otherwise."""
     if before is None or exit_code != -signal.SIGKILL:

@@ -55,7 +55,8 @@ class RankGroup:
         self.children: dict[int, tuple[Any, procs.Owned]] = {}
         self.known: dict[int, procs.Owned] = {}
         self.probe = None
-        self.oom: dict[int, oomkill.OomCounter | None] = {}   # rank -> its OOM counter, as of the last poll
+        self.oom: dict[int, oomkill.OomCounter | None] = {}   # rank -> its OOM counter, settled (oomkill.settled)
+        self.oom_read: dict[int, oomkill.OomCounter | None] = {}   # rank -> what the last poll read
         self.oom_killed: dict[int, str | None] = {}           # rank -> decided once, when its exit is first seen
         self.exits_seen = 0                                   # ranks exited as of wait_exit's last return
         self.exited_at: dict[int, float] = {}
@@ -137,9 +138,11 @@ class RankGroup:
                         self.known[d.pid] = d
                         new.append(NewChild(d.pid, d.create_time, rank))
                 # Kept fresh while it lives (it may change cgroups; an older OOM kill of another
-                # process there is not its death). Read before poll(), so a kill in between is
-                # judged against the previous value, not one that already counts it.
-                self.oom[rank] = counter or self.oom.get(rank)
+                # process there is not its death), but only by a reading two polls agree on: the
+                # kernel counts its kill before the process can be reaped (oomkill.settled). Read
+                # before poll(), so a kill in between is judged against the kept value.
+                self.oom[rank] = oomkill.settled(self.oom.get(rank), counter, self.oom_read.get(rank))
+                self.oom_read[rank] = counter
             elif rank not in self.oom_killed:
                 self.oom_killed[rank] = oomkill.oom_killed(self.oom.get(rank), code)
             hb = heartbeat.read(self.jd.heartbeat(rank))

@@ -46,3 +46,20 @@ def test_the_node_counter_stands_in_when_the_cgroup_one_did_not_move(tmp_path, m
 def test_this_process_has_counters_to_read():
     c = oomkill.read(os.getpid())
     assert c is not None and c.node is not None and (c.source is None or c.source.is_file())
+
+
+def test_a_reading_that_already_counts_the_processs_own_kill_is_not_kept():
+    """The race a loaded machine showed: the OOM killer had counted the kill, the process was not
+    reapable yet, so a poll saw it alive with the moved counter; that reading must not become the
+    'before' its death is judged against."""
+    cg = Path("/sys/fs/cgroup/memory/sl-x/memory.oom_control")
+    start, moved = oomkill.OomCounter(cg, 0, 4), oomkill.OomCounter(cg, 1, 5)
+    kept = oomkill.settled(None, start, None)              # at spawn
+    kept = oomkill.settled(kept, start, None)               # first poll: nothing to agree with yet
+    kept = oomkill.settled(kept, start, start)              # agreed: kept
+    assert kept == start
+    kept = oomkill.settled(kept, moved, start)              # the kill in progress, seen alive once
+    assert kept == start                                     # ... judged against the old count: an OOM
+    # a neighbour's OOM kill in its cgroup while it lives on: taken once two polls agree
+    assert oomkill.settled(oomkill.settled(start, moved, start), moved, moved) == moved
+    assert oomkill.settled(start, None, start) == start     # an unreadable look changes nothing
