@@ -267,9 +267,7 @@ class Controller:
         self.core.hold(p, now)
         jr.first_step = None
         jr.state = JobState.PLACING
-        shape = self.core.jobs[jr.job.name].shape
-        books = self.core.books
-        fraction = packing.gpu_fraction(shape.mib, books.usable_mib(p.nodes[0])) if p.gpu is not None else 0.0
+        shape, fraction = self.core.jobs[jr.job.name].shape, packing.reserve_fraction(self.core, p)
         self.ex.reserve(ReserveOrder(jr.job.name, jr.attempts, shape, p.nodes, r.cpus_per_rank * r.gpus_per_node,
                                      fraction))
         what = (f"{shape.mib} MiB of a shared GPU" if fraction else
@@ -306,9 +304,8 @@ class Controller:
         # Ray gives an actor OMP_NUM_THREADS = its num_cpus, which the ranks would inherit and
         # oversubscribe the cores with (4x slower here); like torchrun, a rank gets its own share.
         env = {"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_rank))), **self.env.get(job.name, {})}
-        share = self.core.holdings[job.name].share if job.name in self.core.holdings else None
-        if share is not None:
-            env = {**packing.rank_env(share.mib, self.core.books.gpu_mib[share.node]), **env}
+        env = {**packing.attempt_env(self.core, job.name), **env}
+        share = packing.share_of(self.core, job.name)
         a.watch.share_mib = share.mib if share is not None else None
         jr.state = JobState.STARTING
         self.ex.start(StartOrder(job.name, a.n, ev.bundles, job.ranks_per_node, r.nodes * job.ranks_per_node,
@@ -320,16 +317,8 @@ class Controller:
         assert a is not None
         a.placement = [{"node": rep.bundle.node, "host": rep.bundle.host, "gpus": list(rep.bundle.gpus)}
                        for rep in ev.replies]
-        held = self.core.holdings.get(name)
-        if held is not None and held.share is not None:   # on record: bin/report shows who shared which GPU
-            a.placement[0]["share_mib"] = held.share.mib
         a.held = a.placement          # the reservation becomes where the executor really put the job
-        if held is not None and held.share is not None:
-            self.core.hold_share(name, packing.actual_share(held.share, a.placement[0]["gpus"]),
-                                 self.clock() + self.core.estimates[name])
-        else:
-            self.core.hold_gpus(name, tuple((h["node"], len(h["gpus"])) for h in a.held),
-                                self.clock() + self.core.estimates[name])
+        packing.hold_where_placed(self.core, name, a.placement, self.clock() + self.core.estimates[name])
         self.journal.set_attempt(name, a.n, state="running", placement=a.placement)
         self.journal.add_processes([ProcessRecord(name, a.n, s.rank, s.node, s.pid, s.create_time, s.pgid)
                                     for rep in ev.replies for s in rep.ranks])

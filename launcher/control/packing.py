@@ -9,8 +9,10 @@ fraction; a share outgrown is an OOM (the watch), after which the job runs on wh
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from launcher.scheduling.model import Share
+from launcher.control.core import Core
+from launcher.scheduling.model import Placement, Share
 
 FRACTION_STEP = 1e-4   # Ray's resource precision
 
@@ -34,3 +36,31 @@ def rank_env(mib: int, gpu_mib: int) -> dict[str, str]:
 def actual_share(planned: Share, gpus: list[str]) -> Share:
     """The share where Ray really put it: the books' GPU id was a guess."""
     return Share(planned.node, gpus[0] if gpus else planned.gpu, planned.mib)
+
+
+def reserve_fraction(core: Core, p: Placement) -> float:
+    """The GPU fraction a placement's reservation asks Ray for: 0 (whole GPUs) unless packed."""
+    if p.gpu is None:
+        return 0.0
+    return gpu_fraction(core.jobs[p.name].shape.mib, core.books.usable_mib(p.nodes[0]))
+
+
+def share_of(core: Core, name: str) -> Share | None:
+    h = core.holdings.get(name)
+    return h.share if h is not None else None
+
+
+def attempt_env(core: Core, name: str) -> dict[str, str]:
+    share = share_of(core, name)
+    return rank_env(share.mib, core.books.gpu_mib[share.node]) if share is not None else {}
+
+
+def hold_where_placed(core: Core, name: str, placement: list[dict[str, Any]], ends_at: float) -> None:
+    """The books follow where Ray really put the attempt; a packed one's share goes on record in
+    its placement (bin/report shows who shared which GPU)."""
+    share = share_of(core, name)
+    if share is None:
+        core.hold_gpus(name, tuple((h["node"], len(h["gpus"])) for h in placement), ends_at)
+        return
+    placement[0]["share_mib"] = share.mib
+    core.hold_share(name, actual_share(share, placement[0]["gpus"]), ends_at)
