@@ -158,3 +158,13 @@ def test_holding_gpu_memory_without_cuda_stops_with_the_reason() -> None:
         pytest.skip("a CUDA device is here: bench/gpu_check.sh runs this for real")
     with pytest.raises(SystemExit, match="cuda_mib_per_sample needs a CUDA device"):
         _hold_gpu_memory(1.0)
+
+
+def test_held_host_memory_is_resident() -> None:
+    """The host backend measures RSS: the hold must be in it at once, not when first touched."""
+    import psutil
+    from methods.synthetic import _hold_host_memory
+    before = psutil.Process().memory_info().rss
+    held = _hold_host_memory(64)
+    assert psutil.Process().memory_info().rss - before >= 60 << 20
+    del held
