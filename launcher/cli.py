@@ -311,18 +311,11 @@ def status_main(argv: list[str] | None = None) -> int:
     return exitcodes.for_run(st["state"], st.get("driver"))
 
 
-def cluster_main(argv: list[str] | None = None) -> int:
-    args = cliargs.cluster_parser().parse_args(argv)
-    opts = ClusterOptions(address=args.address, simulate_gpus=args.simulate_gpus, gpu_type=args.gpu_type)
-    if args.address:
-        start(opts, None)   # joins; a driver that joined leaves the cluster running
-        shape = shape_from_ray()
-        import ray
-        ray.shutdown()
-        source = f"Ray cluster at {args.address}"
-    else:
-        shape, declared = planned_local_shape(opts)
-        source = "this machine, simulated GPUs" if declared else "this machine (NVML)"
+def cluster_shape_main(args: argparse.Namespace) -> int:
+    """`sl cluster status` without --address: the shape a launch here would use (NVML or simulated)."""
+    opts = ClusterOptions(simulate_gpus=args.simulate_gpus, gpu_type=args.gpu_type)
+    shape, declared = planned_local_shape(opts)
+    source = "this machine, simulated GPUs" if declared else "this machine (NVML)"
     if args.json:
         print(json.dumps({"source": source, "nodes": [{"id": n.node_id, "gpus": n.gpus, "gpu_type": n.gpu_type}
                                                        for n in shape.nodes]}, indent=2))

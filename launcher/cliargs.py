@@ -91,13 +91,49 @@ def resume_parser(prog: str = "sl resume") -> argparse.ArgumentParser:
     return p
 
 
+CLUSTER_ACTIONS = ("up", "join", "status", "down")
+CLUSTER_STATE = "/tmp/sl-cluster"
+
+
+def _node_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-ip", help="the address other hosts reach this one on (default: the default route's, "
+                   "else the only one; Ray's own guess falls back to 127.0.0.1 without a default route)")
+    p.add_argument("--gpus", type=int, metavar="N", help="GPUs to declare (default: NVML's count, 0 without)")
+    p.add_argument("--gpu-type", help="GPU type to declare (default: NVML's name: H20, A100, ...)")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="memory per GPU for packing, e.g. 24GiB (default: NVML's)")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs to declare (default: Ray's count)")
+    p.add_argument("--token", metavar="PATH", help="the Ray auth token file (default ~/.ray/auth_token; the head "
+                   "creates it 0600, workers need a copy)")
+    p.add_argument("--state-dir", default=CLUSTER_STATE, help=f"where this host's Ray keeps its files (default "
+                   f"{CLUSTER_STATE}/ADDRESS; per host, so hosts may share a filesystem)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for Ray to start (default 180)")
+
+
 def cluster_parser(prog: str = "sl cluster") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="The cluster a launch would use: nodes, GPUs and GPU types "
-                                "(this machine's NVML GPUs, the simulated ones, or a running Ray cluster's).")
-    p.add_argument("--address", help="read a running Ray cluster (auto or HOST:PORT) instead of this machine")
-    p.add_argument("--simulate-gpus", type=int, metavar="N", help="as sl launch: N logical GPUs on this machine")
-    p.add_argument("--gpu-type", help="as sl launch: the GPU type declared when simulating")
-    p.add_argument("--json", action="store_true", help="machine-readable: {\"nodes\": [{\"id\", \"gpus\", \"gpu_type\"}]}")
+    p = argparse.ArgumentParser(prog=prog, description="Start, join, inspect and stop a Ray cluster for runs "
+                                "(token auth on, dashboard on localhost). Without an action: status.",
+                                epilog="exit status: 0 done; 1 failed (Ray did not start, a version differs); "
+                                       "2 bad arguments")
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    up = sub.add_parser("up", help="start the head on this host")
+    _node_options(up)
+    up.add_argument("--port", type=int, default=6379, help="the head's GCS port (default 6379)")
+    up.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1)")
+    up.add_argument("--dashboard-port", type=int, default=8265)
+    up.add_argument("--no-dashboard", action="store_true", help="start no dashboard")
+    join = sub.add_parser("join", help="join this host to a head as a worker")
+    join.add_argument("address", metavar="HEAD:PORT")
+    _node_options(join)
+    st = sub.add_parser("status", help="nodes, GPUs, GPU types and versions (this machine's without --address)")
+    st.add_argument("--address", help="a running cluster (HOST:PORT, or auto: the one this host started or joined)")
+    st.add_argument("--token", metavar="PATH", help="the Ray auth token file (default ~/.ray/auth_token)")
+    st.add_argument("--state-dir", default=CLUSTER_STATE)
+    st.add_argument("--simulate-gpus", type=int, metavar="N", help="as sl launch: N logical GPUs on this machine")
+    st.add_argument("--gpu-type", help="as sl launch: the GPU type declared when simulating")
+    st.add_argument("--json", action="store_true", help="machine-readable: {\"source\", \"nodes\": [...]}")
+    down = sub.add_parser("down", help="stop what up/join started on this host (nothing else)")
+    down.add_argument("--node-ip", help="which of this host's records (default: all this host's addresses)")
+    down.add_argument("--state-dir", default=CLUSTER_STATE)
     return p
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from launcher.resources import ClusterShape, NodeShape
@@ -89,7 +90,31 @@ def free_dashboard_port(host: str, first: int = DASHBOARD_PORT, tries: int = 50)
                        "--no-dashboard")
 
 
+def _token_first() -> None:
+    """A new local Ray turns token auth on and writes ~/.ray/auth_token with the umask (0644):
+    write it ourselves first, 0600, so other users of the server cannot read it."""
+    from launcher.clusterctl import auth
+
+    if os.environ.get(auth.MODE_ENV, "token").lower() != "token" or os.environ.get(auth.TOKEN_ENV):
+        return
+    auth.ensure_token(Path(os.environ.get(auth.PATH_ENV) or auth.default_token_path()))
+
+
+def _present_token() -> None:
+    """Joining a cluster: Ray sends the token only with RAY_AUTH_MODE=token, which it reads when it is
+    imported; a token on this host (Ray's default file or RAY_AUTH_TOKEN_PATH) turns it on."""
+    from launcher.clusterctl import auth
+
+    if os.environ.get(auth.MODE_ENV) is not None:
+        return
+    path = Path(os.environ.get(auth.PATH_ENV) or auth.default_token_path())
+    if os.environ.get(auth.TOKEN_ENV) or path.is_file():
+        os.environ[auth.MODE_ENV] = "token"
+
+
 def start(opts: ClusterOptions, declare_gpus: int | None) -> Any:
+    if opts.address:
+        _present_token()   # before ray is imported
     import ray
 
     if opts.address:
@@ -104,6 +129,7 @@ def start(opts: ClusterOptions, declare_gpus: int | None) -> Any:
     port = opts.dashboard_port
     if opts.dashboard and port is None:
         port = free_dashboard_port(opts.dashboard_host)
+    _token_first()
     # address="local": always a fresh Ray owned by this driver, never whatever cluster happens to run here.
     return ray.init(address="local", num_gpus=declare_gpus, num_cpus=num_cpus, resources=resources or None, namespace=opts.namespace,
                     include_dashboard=opts.dashboard, dashboard_host=opts.dashboard_host,

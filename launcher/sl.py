@@ -36,7 +36,7 @@ COMMANDS: dict[str, Command] = {
     "kill": Command("stop a run or one job, leaving no process behind", "launcher.cli:kill_main"),
     "resume": Command("continue a run after its driver died or after kill", "launcher.cli:resume_main"),
     "report": Command("a run's report: results, memory, plots", "launcher.report:main"),
-    "cluster": Command("the nodes and GPUs a launch would use", "launcher.cli:cluster_main"),
+    "cluster": Command("start, join, inspect and stop a Ray cluster (up, join, status, down)", "launcher.clusterctl.cli:main"),
     "schema": Command("the plan's JSON Schema or its reference tables", "launcher.planref:main"),
     "bench": Command("the benchmarks side by side (a source checkout only)", "bench.__main__:main", checkout_only=True),
     "examples": Command("where the shipped example plans and DeepSpeed configs are", "launcher.sl:examples_main"),

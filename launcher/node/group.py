@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 
 from launcher import agentlog, heartbeat, monitor, oomkill, procs, release
+from launcher.clusterctl import address
 from launcher.layout import JobDir
 from launcher.memprobe import open_probe
 from launcher.node.messages import AgentReport, BundleInfo, NewChild, RankStatus, SpawnedRank, Started, Stopped
@@ -88,7 +89,12 @@ class RankGroup:
         # `ninja` on PATH, and two ninja versions alternating rebuild them (a minute of CPU) every start.
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([venv_bin, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)])
-        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")   # CUDA indices = NVML indices (what the monitor queries)
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        # gloo binds to the address its host name resolves to, which on a multi-homed server (or a
+        # namespace host) is often not the one the other nodes reach: use the interface of Ray's node IP.
+        gloo_if = address.interface_of(info["ip"]) if "GLOO_SOCKET_IFNAME" not in env else None
+        if gloo_if:
+            env["GLOO_SOCKET_IFNAME"] = gloo_if   # CUDA indices = NVML indices (what the monitor queries)
         # What the GPUs hold before our ranks exist: stop() waits until they are back near it.
         self.probe = open_probe(os.environ.get("SL_MONITOR_BACKEND", "auto"), info["gpus"])
         self.gpus, self.baseline = info["gpus"], release.baseline(self.probe, info["gpus"])
