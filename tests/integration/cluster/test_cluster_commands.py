@@ -4,6 +4,7 @@ veth links, status from any host, a join without the token refused, down leaving
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 
 import pytest
@@ -34,7 +35,7 @@ def test_a_host_without_the_token_cannot_join_or_read(cluster, tmp_path) -> None
     assert out.returncode != 0 and "Authentication token is missing or incorrect" in out.stdout + out.stderr
 
 
-def test_down_stops_only_its_own_host(cluster, tmp_path) -> None:
+def test_down_stops_only_its_own_host(cluster) -> None:
     """A fourth Ray daemon set joined from host 2 under another state dir, then downed: host 2's
     first worker and the rest of the cluster are untouched."""
     host = cluster.bed.hosts[2]
@@ -48,4 +49,5 @@ def test_down_stops_only_its_own_host(cluster, tmp_path) -> None:
     out = cluster.sl(host, "cluster", "down", "--state-dir", str(state))
     assert out.returncode == 0, out.stdout + out.stderr
     after = set(host.pids())
+    shutil.rmtree(state, ignore_errors=True)
     assert before <= after and not (after - before), after - before
