@@ -201,7 +201,7 @@ def resume_main(argv: list[str] | None = None) -> int:
         print(f"run {rd.root.name}: {e}; it is being driven (bin/status shows it; bin/kill stops it)", file=sys.stderr)
         return 2
     journal = Journal(rd.db)
-    driver = DriverInfo.of(journal)
+    driver = DriverInfo.of(journal, rd.driver_lock)
     if driver.alive():
         print(f"run {rd.root.name} still has a live driver (pid {driver.pid}); bin/kill it first", file=sys.stderr)
         return 2
@@ -255,7 +255,7 @@ def kill_main(argv: list[str] | None = None) -> int:
         if args.job and journal.job(args.job) is None:
             print(f"run {rd.root.name} has no job {args.job!r}", file=sys.stderr)
             return 2
-        driver = DriverInfo.of(journal)
+        driver = DriverInfo.of(journal, rd.driver_lock)
     finally:
         journal.close()
     # With --json the prose goes to stderr, so stdout carries only the result.

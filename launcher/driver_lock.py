@@ -55,6 +55,11 @@ def is_held(path: Path) -> bool:
         return False
 
 
+def ours(path: Path) -> bool:
+    """Whether this process holds the lock (bin/resume, about to drive the run itself)."""
+    return path.resolve() in _held
+
+
 def release(path: Path) -> None:
     f = _held.pop(path.resolve(), None)
     if f is not None:

@@ -1,8 +1,14 @@
-"""The run journal: runs/<run>/run.db, SQLite in WAL mode.
+"""The run journal: runs/<run>/run.db, SQLite with a rollback journal (journal_mode=DELETE).
 
 Only the driver writes (agents report to it through Ray calls), so one process owns the file;
-`bin/status` and friends open it read-only and, thanks to WAL, see a consistent snapshot while
-the run goes on. Every write is one transaction: a crash leaves the previous state, never half.
+`bin/status` and friends, on any host, open it read-only and see the last committed state. Every
+write is one transaction: a crash leaves the previous state, never half.
+
+Not WAL: the run directory sits on shared storage (NFS) so that every host sees it, and WAL keeps
+its index in shared memory (the -shm file, mmapped), which readers on other hosts cannot share;
+SQLite's documentation says WAL does not work over a network filesystem. The rollback journal
+needs only POSIX file locks, which NFS serves (NLM, or NFSv4's own locks). Its commits cost a
+few more fsyncs, so the driver writes a job's progress at most once a second (controller.py).
 """
 
 from __future__ import annotations
@@ -100,8 +106,9 @@ class Journal:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
         else:
             self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+            # Also turns the journal of a run made by an older version (WAL) back into a rollback one.
+            self.db.execute("PRAGMA journal_mode=DELETE")
+            self.db.execute("PRAGMA synchronous=FULL")   # a rollback journal is only crash-safe with FULL
             self.db.executescript(SCHEMA)
             self._migrate()
         self.db.row_factory = sqlite3.Row

@@ -160,6 +160,9 @@ def kill_without_driver(rd: RunDir, job: str | None, grace: float, reason: str, 
 def force_kill_run(rd: RunDir, driver: DriverInfo, taken: bool, waited: float) -> int:
     """`bin/kill --force RUN` after the driver did not answer: kill it, then sweep and record."""
     print(unanswered(rd.root.name, None, True, taken, waited, driver.pid), flush=True)
+    if not driver.here:   # its PID means nothing on this host: only its own host can verify and kill it
+        print(f"the driver runs on {driver.host}: run `bin/kill --force {rd.root.name}` there", file=sys.stderr)
+        return 1
     under = kill_driver(driver, rd.driver_lock)
     if under is None:
         print(f"the driver (pid {driver.pid}) or whoever holds {rd.driver_lock} is still there {DRIVER_EXIT_S:.0f}s "

@@ -10,10 +10,15 @@ from __future__ import annotations
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 
-from launcher import procs
+from launcher import driver_lock, procs
 from launcher.journal import Journal, ProcessRecord
+
+
+class ElsewhereError(RuntimeError):
+    """Only the driver's own host can signal it."""
 
 
 @dataclass(frozen=True)
@@ -21,18 +26,28 @@ class DriverInfo:
     pid: int
     create_time: float
     host: str
+    lock: Path | None = None   # the run's driver lock, on the shared run directory
 
     @classmethod
-    def of(cls, journal: Journal) -> "DriverInfo":
+    def of(cls, journal: Journal, lock: Path | None = None) -> "DriverInfo":
         run = journal.run()
-        return cls(run["driver_pid"], run["driver_create_time"], run["driver_host"])
+        return cls(run["driver_pid"], run["driver_create_time"], run["driver_host"], lock)
+
+    @property
+    def here(self) -> bool:
+        return self.host == socket.gethostname()
 
     def alive(self) -> bool:
-        if self.host != socket.gethostname():
-            raise RuntimeError(f"the run's driver ran on {self.host}; run this command there")
-        return procs.Owned(self.pid, self.create_time).process() is not None
+        """On its own host, by PID and start time. From another host its PID means nothing there:
+        the driver lock it holds on the shared run directory says (the kernel, or NFS's lock
+        manager, drops it when the driver dies, however it dies)."""
+        if self.here:
+            return procs.Owned(self.pid, self.create_time).process() is not None
+        return self.lock is not None and not driver_lock.ours(self.lock) and driver_lock.is_held(self.lock)
 
     def signal(self, sig: int) -> bool:
+        if not self.here:
+            raise ElsewhereError(f"the driver (pid {self.pid}) runs on {self.host}: only a command there can signal it")
         p = procs.Owned(self.pid, self.create_time).process()
         if p is None:
             return False

@@ -113,7 +113,7 @@ def find_run(runs_root: Path, run: str | None) -> RunDir:
     return RunDir(max(runs, key=lambda d: (d / "plan.yaml").stat().st_mtime).resolve())
 
 
-RESERVE_BYTES = 8 << 20   # enough to close a journal: a few hundred rows and the WAL's checkpoint
+RESERVE_BYTES = 8 << 20   # enough to close a journal: a few hundred rows and their rollback journal
 
 
 def make_reserve(rd: RunDir) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 from launcher import checkpoints, monitor, rundir
 from launcher.contract.result import read_result
 from launcher.control import changes, packing, restore
+from launcher.control.progress import progress_due
 from launcher.control import requests as control
 from launcher.control.executor import (AttemptFailed, Event, Executor, ReleaseDone, ReleaseOrder, Reported, Reserved,
                                        ReserveOrder, Spawned, StartOrder)
@@ -266,6 +267,7 @@ class Controller:
         jr.current = Attempt(n=jr.attempts, held=[{"node": n, "gpus": [""] * r.gpus_per_node} for n in p.nodes])
         self.core.hold(p, now)
         jr.first_step = None
+        jr.progress_written = None
         jr.state = JobState.PLACING
         shape, fraction = self.core.jobs[jr.job.name].shape, packing.reserve_fraction(self.core, p)
         self.ex.reserve(ReserveOrder(jr.job.name, jr.attempts, shape, p.nodes, r.cpus_per_rank * r.gpus_per_node,
@@ -364,7 +366,9 @@ class Controller:
         progress: dict[str, Any] = {"step": obs.step, "total_steps": obs.total_steps, "heartbeat_time": now}
         if obs.loss is not None:  # the final "done" heartbeat carries no loss: keep the last one
             progress["loss"] = obs.loss
-        self.journal.set_job(name, **progress)
+        if progress_due(jr.progress_written, now, obs.step, obs.total_steps):
+            self.journal.set_job(name, **progress)
+            jr.progress_written = (now, obs.step)
         if obs.step > 0:   # the job's own speed says when it gives its GPUs back: reservations plan on it
             jr.first_step = jr.first_step or (now, obs.step)
             end = estimates.projected_end(jr.first_step, (now, obs.step), obs.total_steps or None)   # 0: unknown

@@ -53,6 +53,7 @@ class JobRun:
     bad_checkpoints: dict[Path, str] = field(default_factory=dict)
     last_ckpt_step: int = -1
     first_step: tuple[float, int] | None = None   # (time, step) of the first step this attempt: its speed
+    progress_written: tuple[float, int] | None = None   # (time, step) the journal last got this job's progress
 
     @property
     def state(self) -> JobState:

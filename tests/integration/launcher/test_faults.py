@@ -185,7 +185,7 @@ jobs:
     assert psutil.Process(_rank_pid(st, 0)).environ()["HF_TOKEN"] == secret
     rd = Path(st["dir"])
     assert secret not in (rd / "plan.yaml").read_text()
-    assert all(secret.encode() not in p.read_bytes() for p in rd.glob("run.db*"))   # the journal and its WAL
+    assert all(secret.encode() not in p.read_bytes() for p in rd.glob("run.db*"))   # the journal (and a rollback journal, if one is left)
     _cli("kill", run, "--runs-dir", str(runs))
     wait_driver_gone(runs, run)
 

@@ -1,4 +1,4 @@
-"""The run journal: WAL mode, schema, atomic transactions, a read-only reader beside the writer, round trips."""
+"""The run journal: a rollback journal (NFS-safe), schema, atomic transactions, a read-only reader beside the writer, round trips."""
 
 from __future__ import annotations
 
@@ -20,14 +20,25 @@ def journal(tmp_path):
     j.close()
 
 
-def test_wal_mode_and_tables(journal, tmp_path):
-    assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+def test_rollback_journal_and_tables(journal, tmp_path):
+    """Not WAL: its shared-memory index cannot be shared by readers on other hosts over NFS."""
+    assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert journal.db.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
     names = {r[0] for r in journal.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert TABLES <= names
-    # The mode is stored in the file: a fresh plain connection sees WAL too.
-    other = sqlite3.connect(tmp_path / "run.db")
-    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    other.close()
+    journal.add_job("a", "a", "synthetic", [], 1, 0)
+    assert not list(tmp_path.glob("run.db-*"))   # no -wal, no -shm, no journal left between writes
+
+
+def test_a_wal_journal_of_an_older_run_is_turned_into_a_rollback_one(tmp_path):
+    old = sqlite3.connect(tmp_path / "run.db")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.close()
+    j = Journal(tmp_path / "run.db")
+    try:
+        assert j.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        j.close()
 
 
 def test_reopen_is_idempotent(journal, tmp_path):
