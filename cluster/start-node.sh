@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# cluster/start-node.sh head|worker [HEAD_ADDRESS]
-# Starts Ray on this server and declares its GPU type (accelerator_type:<TYPE>, e.g. H20, A100) so
-# plans can ask for `gpu_type:`. The type comes from NVML unless GPU_TYPE is set.
-# The dashboard binds to 127.0.0.1 unless DASHBOARD_HOST says otherwise (reach it over ssh -L).
+# cluster/start-node.sh head [OPTIONS] | worker HEAD:PORT [OPTIONS]
+# The same as `bin/cluster up [OPTIONS]` / `bin/cluster join HEAD:PORT [OPTIONS]` (kept for scripts
+# that call it): they declare the GPU type (NVML's; plans ask for it with `gpu_type:`), turn token
+# auth on, bind the dashboard to 127.0.0.1 and stop with `bin/cluster down`. The environment
+# overrides this script always took still apply: GPU_TYPE, NUM_GPUS, DASHBOARD_HOST, RAY_PORT.
 set -euo pipefail
-source "$(dirname "$0")/../bin/_bootstrap"
-role="${1:?usage: start-node.sh head|worker [HEAD_ADDRESS]}"
-read -r gpus detected < <(python -m launcher.nodeinfo)
-type="${GPU_TYPE:-$detected}"
-gpus="${NUM_GPUS:-$gpus}"   # override for a test head with logical GPUs
-args=(--num-gpus "$gpus" --disable-usage-stats)
-if [ -n "$type" ] && [ "$type" != "none" ]; then
-  args+=(--resources "{\"accelerator_type:$type\": 1}")
-fi
-if [ "$role" = head ]; then
-  exec ray start --head --port "${RAY_PORT:-6379}" --dashboard-host "${DASHBOARD_HOST:-127.0.0.1}" "${args[@]}"
-else
-  exec ray start --address "${2:?worker needs the head address HOST:PORT}" "${args[@]}"
-fi
+bin="$(cd "$(dirname "$0")/../bin" && pwd)"
+role="${1:?usage: start-node.sh head|worker HEAD:PORT [options of bin/cluster up|join]}"; shift
+args=()
+[ -z "${GPU_TYPE:-}" ] || args+=(--gpu-type "$GPU_TYPE")
+[ -z "${NUM_GPUS:-}" ] || args+=(--gpus "$NUM_GPUS")
+case "$role" in
+  head)
+    [ -z "${DASHBOARD_HOST:-}" ] || args+=(--dashboard-host "$DASHBOARD_HOST")
+    [ -z "${RAY_PORT:-}" ] || args+=(--port "$RAY_PORT")
+    exec "$bin/cluster" up "${args[@]}" "$@" ;;
+  worker)
+    head="${1:?a worker needs the head address HOST:PORT}"; shift
+    exec "$bin/cluster" join "$head" "${args[@]}" "$@" ;;
+  *)
+    echo "start-node.sh: head or worker, not $role" >&2; exit 2 ;;
+esac

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import subprocess
 
@@ -29,6 +30,7 @@ from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.lifecycle import DriverInfo, sweep
 from launcher.plan import Plan, PlanError, load_plan
+from launcher.resources import ClusterShape
 from launcher.runarg import add_run_arguments, default_runs_dir, open_run
 from launcher.scheduling import estimates
 
@@ -127,6 +129,29 @@ def run_driver(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str
     return 0 if final == "succeeded" else 1
 
 
+def wait_for_nodes(check: Callable[[ClusterShape], object], patience_s: float, poll_s: float = 2.0,
+                   read_shape: Callable[[], ClusterShape] = shape_from_ray) -> ClusterShape:
+    """The cluster's shape once `check` (loading the plan against it) passes, or the last one when
+    `patience_s` ran out (the caller's own load then reports what does not fit). Workers that are
+    still starting (a Slurm step, a slow host) are waited for, with the reason printed once."""
+    deadline = time.monotonic() + patience_s
+    said = None
+    while True:
+        shape = read_shape()
+        try:
+            check(shape)
+            return shape
+        except PlanError as e:
+            if time.monotonic() >= deadline:
+                return shape
+            why = e.problems[0] if e.problems else str(e)
+            if why != said:
+                print(f"waiting up to {deadline - time.monotonic():.0f}s for nodes ({shape.describe()}): {why}",
+                      flush=True)
+                said = why
+        time.sleep(poll_s)
+
+
 def _plan_problems(e: PlanError) -> int:
     print(f"{len(e.problems)} problem(s) in the plan; nothing was started:", file=sys.stderr)
     for p in e.problems:
@@ -148,9 +173,17 @@ def launch_main(argv: list[str] | None = None) -> int:
     console = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
     opts = _cluster_options(args)
     ctx = None
-    if args.address and not args.detach:  # joining starts nothing; the cluster's real shape validates the plan
+    if args.address and not args.detach and not args.dry_run:
+        # Joining starts nothing; the cluster's real shape validates the plan, once its nodes are there.
+        try:
+            load_plan(args.plan, args.sets, cluster=None)   # the plan's own mistakes: at once, not after a wait
+        except PlanError as e:
+            return _plan_problems(e)
+        except KeyError as e:
+            print(f"{args.plan}: {e.args[0]}; nothing was started", file=sys.stderr)
+            return 2
         ctx = start(opts, None)
-        shape, declare = shape_from_ray(), None
+        shape, declare = wait_for_nodes(lambda s: load_plan(args.plan, args.sets, cluster=s), args.wait_for_nodes), None
     else:
         shape, declare = planned_local_shape(opts)
     try:

@@ -36,6 +36,9 @@ def launch_parser(prog: str = "sl launch") -> argparse.ArgumentParser:
                    help="override a plan value, e.g. --set jobs.lisa.params.rho=1 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded jobs and start nothing")
     p.add_argument("--address", help="join an existing Ray cluster (auto or HOST:PORT) instead of starting one")
+    p.add_argument("--wait-for-nodes", type=float, default=300.0, metavar="SECONDS",
+                   help="with --address: wait up to this long for the nodes the plan needs to join (default 300; 0: "
+                        "refuse at once)")
     p.add_argument("--simulate-gpus", type=int, metavar="N", help="declare N logical GPUs (default 2 where no GPU is found)")
     p.add_argument("--gpu-type", help="GPU type declared for the local node when simulating (e.g. H20)")
     p.add_argument("--simulate-gpu-memory", type=_size, metavar="SIZE",
@@ -91,7 +94,7 @@ def resume_parser(prog: str = "sl resume") -> argparse.ArgumentParser:
     return p
 
 
-CLUSTER_ACTIONS = ("up", "join", "status", "down")
+CLUSTER_ACTIONS = ("up", "join", "status", "wait", "down")
 CLUSTER_STATE = "/tmp/sl-cluster"
 
 
@@ -107,6 +110,8 @@ def _node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=CLUSTER_STATE, help=f"where this host's Ray keeps its files (default "
                    f"{CLUSTER_STATE}/ADDRESS; per host, so hosts may share a filesystem)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for Ray to start (default 180)")
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground until Ray stops (a Slurm step: "
+                   "`srun bin/cluster up --foreground`); SIGTERM, SIGINT or SIGHUP stop this host's Ray as down does")
 
 
 def cluster_parser(prog: str = "sl cluster") -> argparse.ArgumentParser:
@@ -121,6 +126,9 @@ def cluster_parser(prog: str = "sl cluster") -> argparse.ArgumentParser:
     up.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1)")
     up.add_argument("--dashboard-port", type=int, default=8265)
     up.add_argument("--no-dashboard", action="store_true", help="start no dashboard")
+    up.add_argument("--autoscaling-config", metavar="PATH", help="Ray's autoscaler config, passed to `ray start` "
+                    "(ray up's head command: --autoscaling-config=~/ray_bootstrap_config.yaml; without it Ray's "
+                    "monitor never starts the workers)")
     join = sub.add_parser("join", help="join this host to a head as a worker")
     join.add_argument("address", metavar="HEAD:PORT")
     _node_options(join)
@@ -131,6 +139,11 @@ def cluster_parser(prog: str = "sl cluster") -> argparse.ArgumentParser:
     st.add_argument("--simulate-gpus", type=int, metavar="N", help="as sl launch: N logical GPUs on this machine")
     st.add_argument("--gpu-type", help="as sl launch: the GPU type declared when simulating")
     st.add_argument("--json", action="store_true", help="machine-readable: {\"source\", \"nodes\": [...]}")
+    wt = sub.add_parser("wait", help="wait until a cluster has N live nodes (exit 1 with what joined at the deadline)")
+    wt.add_argument("address", metavar="HEAD:PORT")
+    wt.add_argument("--nodes", type=int, required=True, metavar="N", help="live nodes to wait for, the head included")
+    wt.add_argument("--timeout", type=float, default=600.0, help="seconds to wait in all (default 600)")
+    wt.add_argument("--token", metavar="PATH", help="the Ray auth token file (default ~/.ray/auth_token)")
     down = sub.add_parser("down", help="stop what up/join started on this host (nothing else)")
     down.add_argument("--node-ip", help="which of this host's records (default: all this host's addresses)")
     down.add_argument("--state-dir", default=CLUSTER_STATE)

@@ -1,2 +1,3 @@
-"""Cluster commands (`bin/cluster up|join|status|down`): start a Ray head with token auth, join
-workers to it, report the nodes, and stop exactly what these commands started on this host."""
+"""Cluster commands (`bin/cluster up|join|status|wait|down`): start a Ray head with token auth, join
+workers to it (detached, or in the foreground for a Slurm step), report the nodes, wait for them,
+and stop exactly what these commands started on this host."""

@@ -4,8 +4,10 @@ host with no default route (a private cluster network, a test namespace), falls 
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import socket
+import sys
 from pathlib import Path
 
 import psutil
@@ -76,3 +78,32 @@ def interface_of(ip: str) -> str | None:
         if any(str(i.ip) == ip for i in ifs):
             return name
     return None
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections there: asked before ray.init, which takes some 15 s
+    to give up on an address where nothing listens yet."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m launcher.clusterctl.address [--toward IP]`: the address `bin/cluster up|join` would
+    advertise here (cluster/slurm.sbatch asks the head's node for it before starting anything)."""
+    p = argparse.ArgumentParser(prog="python -m launcher.clusterctl.address", description=main.__doc__)
+    p.add_argument("--toward", metavar="IP",
+                   help="prefer the address on this IP's subnet (a worker's, toward its head)")
+    args = p.parse_args(argv)
+    try:
+        print(this_host(args.toward))
+    except AddressProblem as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -18,6 +19,7 @@ from launcher.clusterctl.nodespec import NodeSpec, ray_start_argv
 from launcher.clusterctl.state import MARKER_ENV, NodeRecord
 
 READY_TEXT = "Ray runtime started"
+DRAIN_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
 
 
 class StartFailed(RuntimeError):
@@ -31,16 +33,26 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def start(spec: NodeSpec, token: Path, host_dir: Path, ray_bin: str, timeout: float = 180.0) -> NodeRecord:
-    """`ray start --block` in its own session, marked; returns once Ray says it runs (or raises with its log)."""
+def launch(spec: NodeSpec, token: Path, host_dir: Path, ray_bin: str, timeout: float = 180.0, detach: bool = True,
+           cancelled: Callable[[], bool] = lambda: False) -> tuple[NodeRecord, subprocess.Popen]:
+    """`ray start --block`, marked; returns once Ray says it runs (or raises with its log).
+
+    detach: in its own session, so it outlives this command (`up`, `join`). Otherwise it stays in
+    this process group: a Slurm step's process tracking (pgid, linuxproc, cgroup) then covers the
+    daemons, and the step ends them even if this process is SIGKILLed. `cancelled` is polled while
+    Ray starts (a signal during start-up): the daemons are stopped and StartFailed raised."""
     host_dir.mkdir(parents=True, exist_ok=True)
     log = host_dir / "ray-start.log"
     marker = uuid.uuid4().hex
     env = {**os.environ, **auth_env(token), MARKER_ENV: marker, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)   # a stale address in the caller's shell must not redirect a head
+    # Ray 2.60's `ray start --block` answers SIGTERM by draining the node for up to 30 s (for Serve)
+    # before it stops anything: `down`, and a Slurm step's end (whose KillWait is often 30 s), then
+    # wait that long for nothing. Runs stop their jobs themselves; the caller may still ask for it.
+    env.setdefault(DRAIN_ENV, "0")
     with open(log, "ab") as out:
         proc = subprocess.Popen(ray_start_argv(spec, ray_bin), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                                stdin=subprocess.DEVNULL, start_new_session=detach, close_fds=True)
     me = procs.Owned(proc.pid, procs.start_time(psutil.Process(proc.pid)))
     address = spec.head_address or f"{spec.node_ip}:{spec.port}"
     record = NodeRecord(spec.role, spec.node_ip, address, marker, me.pid, me.create_time, str(token),
@@ -50,10 +62,18 @@ def start(spec: NodeSpec, token: Path, host_dir: Path, ray_bin: str, timeout: fl
         if proc.poll() is not None:
             raise StartFailed(f"ray start exited with {proc.returncode}; its log {log} ends:\n{_log_tail(log)}")
         if READY_TEXT in log.read_text(errors="replace"):
-            return record
+            return record, proc
+        if cancelled():
+            stop(record, grace=10)
+            raise StartFailed(f"stopped by a signal before Ray was up (log {log})")
         time.sleep(0.5)
     stop(record, grace=10)
     raise StartFailed(f"Ray did not start within {timeout:.0f} s; its log {log} ends:\n{_log_tail(log)}")
+
+
+def start(spec: NodeSpec, token: Path, host_dir: Path, ray_bin: str, timeout: float = 180.0) -> NodeRecord:
+    """`ray start --block` in its own session, left running when this command returns."""
+    return launch(spec, token, host_dir, ray_bin, timeout)[0]
 
 
 def marked(marker: str) -> list[procs.Owned]:

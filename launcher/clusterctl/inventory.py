@@ -54,3 +54,10 @@ def version_problems(nodes: list[NodeView], version: str, ray_version: str) -> l
         if n.version is not None and n.version != version:
             out.append(f"node {n.ip} runs safety-launcher {n.version}, this host {version}")
     return out
+
+
+def alive_summary(nodes: list[NodeView]) -> str:
+    """"2 node(s) alive: 10.0.0.1 (head, 0 GPU(s)), 10.0.0.2 (worker, 8 GPU(s))", for `wait`'s messages."""
+    alive = [n for n in nodes if n.alive]
+    listed = ", ".join(f"{n.ip} ({n.role or '?'}, {n.gpus} GPU(s))" for n in alive)
+    return f"{len(alive)} node(s) alive" + (f": {listed}" if listed else "")

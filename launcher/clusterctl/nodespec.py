@@ -47,6 +47,9 @@ class NodeSpec:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     dashboard: bool = True
+    # The head only: Ray's monitor starts only with it, and only then does `ray up`'s local
+    # provider bring up the workers (it writes ~/ray_bootstrap_config.yaml on the head).
+    autoscaling_config: Path | None = None
 
     def labels(self) -> dict[str, str]:
         return {VERSION_LABEL: self.version, RAY_VERSION_LABEL: self.ray_version, ROLE_LABEL: self.role.value}
@@ -74,6 +77,8 @@ def ray_start_argv(spec: NodeSpec, ray: str = "ray") -> list[str]:
         argv += ["--head", "--port", str(spec.port)]
         argv += (["--dashboard-host", spec.dashboard_host, "--dashboard-port", str(spec.dashboard_port)]
                  if spec.dashboard else ["--include-dashboard", "false"])
+        if spec.autoscaling_config is not None:
+            argv += ["--autoscaling-config", str(spec.autoscaling_config)]
     else:
         if not spec.head_address:
             raise ValueError("a worker needs the head's address")

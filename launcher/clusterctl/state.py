@@ -46,3 +46,8 @@ class NodeRecord:
         except FileNotFoundError:
             return None
         return cls(**{**raw, "role": Role(raw["role"])})
+
+
+def clear(directory: Path) -> None:
+    """Forget this host's record (its daemons are stopped)."""
+    (directory / STATE_FILE).unlink(missing_ok=True)

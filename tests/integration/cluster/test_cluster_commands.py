@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.cluster.conftest import cluster_args
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 
 def test_up_join_status_reports_every_host(cluster) -> None:

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import DATA
 from tests.integration.launcher.conftest import write_plan
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 
 def _run_dir(runs: Path) -> Path:

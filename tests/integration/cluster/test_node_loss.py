@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.cluster.jobs import JOB, host_of_rank, kill_raylet, seen, two_host_plan
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(1200)]
 
 
 def _job(st: dict) -> dict:

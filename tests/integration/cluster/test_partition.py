@@ -14,7 +14,7 @@ from launcher.layout import RunDir
 
 from tests.integration.cluster.jobs import JOB, host_of_rank, job_dir, seen, two_host_plan
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(1200)]
 
 
 def _job(st: dict) -> dict:
