@@ -31,6 +31,12 @@ jobs:
 """)
 
 
+def job_of(st: dict) -> dict:
+    """The job's entry in `sl status --json`."""
+    (j,) = [j for j in st["jobs"] if j["name"] == JOB]
+    return j
+
+
 def job_dir(runs: Path, run: str) -> Path:
     return runs / run / "jobs" / JOB
 

@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from launcher.procs import RUN_MARKER
-from tests.integration.cluster.jobs import JOB, two_host_plan
+from tests.integration.cluster.jobs import JOB, job_of, two_host_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(1200)]
-
-
-def _job(st: dict) -> dict:
-    (j,) = [j for j in st["jobs"] if j["name"] == JOB]
-    return j
 
 
 def _of_run(host, run: str) -> list[int]:
@@ -36,7 +31,7 @@ def test_status_kill_and_resume_from_a_worker_host(cluster, tmp_path: Path) -> N
     runs = tmp_path / "runs"
     head, *_, far = cluster.bed.hosts
     run = cluster.launch_detached(head, two_host_plan(tmp_path, steps=600, every=40), runs)
-    st = cluster.wait(far, runs, run, lambda st: (_job(st)["step"] or 0) >= 50, 600, "the job reaching step 50")
+    st = cluster.wait(far, runs, run, lambda st: (job_of(st)["step"] or 0) >= 50, 600, "the job reaching step 50")
     assert st["driver"] == "alive"   # the head's driver, seen from the worker host through its lock
     out = cluster.sl(far, "status", run, "--runs-dir", str(runs))
     assert out.returncode == 3 and JOB in out.stdout, out.stdout + out.stderr   # 3: running
@@ -44,7 +39,7 @@ def test_status_kill_and_resume_from_a_worker_host(cluster, tmp_path: Path) -> N
     out = cluster.sl(far, "kill", run, "--runs-dir", str(runs), timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     st = cluster.status(far, runs, run)
-    assert st["state"] == "killed" and _job(st)["state"] == "killed", st
+    assert st["state"] == "killed" and job_of(st)["state"] == "killed", st
     left = {h.name: _of_run(h, run) for h in cluster.bed.hosts}
     assert not any(left.values()), f"processes of the killed run still alive: {left}"
 
@@ -52,7 +47,7 @@ def test_status_kill_and_resume_from_a_worker_host(cluster, tmp_path: Path) -> N
     assert out.returncode == 0, out.stdout + out.stderr
     st = cluster.wait(head, runs, run, lambda st: st["state"] in ("succeeded", "failed") and st["driver"] is None,
                       900, "the resumed run ending")
-    job = _job(st)
+    job = job_of(st)
     assert st["state"] == "succeeded", st
     last = job["attempts"][-1]
     assert last["resumed_from"] and last["start_step"] >= 40, last

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DATA
-from tests.integration.launcher.conftest import write_plan
+from tests.integration.cluster.jobs import job_dir, two_host_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -20,23 +19,12 @@ def _run_dir(runs: Path) -> Path:
 
 
 def test_two_node_zero2_job_spans_two_hosts(cluster, tmp_path: Path) -> None:
-    plan = write_plan(tmp_path, f"""
-name: cross
-jobs:
-  two_hosts:
-    method: sft
-    model: {{tiny: llama}}
-    data: {{train: {DATA / 'sst2_mini.jsonl'}}}
-    deepspeed: zero2
-    resources: {{nodes: 2, gpus_per_node: 1}}
-    training: {{max_steps: 6, batch_size: 2, max_length: 96}}
-    checkpoint: {{every: 3, keep: 2}}
-""")
+    plan = two_host_plan(tmp_path, steps=6, every=3)
     runs = tmp_path / "runs"
     out = cluster.sl(cluster.bed.hosts[0], "launch", str(plan), "--runs-dir", str(runs), "--address", cluster.address,
                      "--no-dashboard", timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    jd = _run_dir(runs) / "jobs" / "two_hosts"
+    jd = job_dir(runs, _run_dir(runs).name)
     seen = [json.loads(p.read_text()) for p in sorted((jd / "seen").glob("rank-*.json"))]
     assert sorted(s["rank"] for s in seen) == [0, 1]
     hosts = {h.ip for h in cluster.bed.hosts[1:]}

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster.jobs import JOB, host_of_rank, kill_raylet, seen, two_host_plan
+from tests.integration.cluster.jobs import job_of, host_of_rank, kill_raylet, seen, two_host_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(1200)]
-
-
-def _job(st: dict) -> dict:
-    (j,) = [j for j in st["jobs"] if j["name"] == JOB]
-    return j
 
 
 def test_a_lost_worker_host_restarts_the_job_on_the_hosts_left(cluster, tmp_path: Path) -> None:
@@ -25,7 +20,7 @@ def test_a_lost_worker_host_restarts_the_job_on_the_hosts_left(cluster, tmp_path
     # Tiny steps run at ~10/s here: enough of them that the loss lands mid-training.
     run = cluster.launch_detached(head, two_host_plan(tmp_path, steps=600, every=40), runs)
     # Past a complete checkpoint (saved at step 40, before step 41 starts) and into the next interval.
-    cluster.wait(head, runs, run, lambda st: (_job(st)["step"] or 0) >= 50, 600, "the job reaching step 50")
+    cluster.wait(head, runs, run, lambda st: (job_of(st)["step"] or 0) >= 50, 600, "the job reaching step 50")
     lost = host_of_rank(cluster, runs, run, rank=0, attempt=1)   # the master's host: the harder loss
     kill_raylet(lost)
     t_lost = time.time()
@@ -33,7 +28,7 @@ def test_a_lost_worker_host_restarts_the_job_on_the_hosts_left(cluster, tmp_path
         # Asked from a third host: status reads the shared run directory, not the driver.
         other = next(h for h in cluster.bed.hosts[1:] if h is not lost)
         st = cluster.wait(other, runs, run, lambda st: st["state"] in ("succeeded", "failed"), 900, "the run ending")
-        job = _job(st)
+        job = job_of(st)
         assert st["state"] == "succeeded", st
         first, second = job["attempts"][0], job["attempts"][1]
         assert first["failure"] == "lost", first

@@ -12,36 +12,31 @@ import pytest
 from launcher.journal import Journal
 from launcher.layout import RunDir
 
-from tests.integration.cluster.jobs import JOB, host_of_rank, job_dir, seen, two_host_plan
+from tests.integration.cluster.jobs import JOB, job_of, host_of_rank, job_dir, seen, two_host_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(1200)]
-
-
-def _job(st: dict) -> dict:
-    (j,) = [j for j in st["jobs"] if j["name"] == JOB]
-    return j
 
 
 def test_a_ten_second_partition_heals_without_a_second_attempt(cluster, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     head = cluster.bed.hosts[0]
     run = cluster.launch_detached(head, two_host_plan(tmp_path, steps=600, every=40), runs)
-    cluster.wait(head, runs, run, lambda st: (_job(st)["step"] or 0) >= 50, 600, "the job reaching step 50")
+    cluster.wait(head, runs, run, lambda st: (job_of(st)["step"] or 0) >= 50, 600, "the job reaching step 50")
     cut = host_of_rank(cluster, runs, run, rank=1, attempt=1)
-    step_at_cut = _job(cluster.status(head, runs, run))["step"]
+    step_at_cut = job_of(cluster.status(head, runs, run))["step"]
     cluster.bed.link(cut, False)
     try:
         time.sleep(10)
-        step_in_cut = _job(cluster.status(head, runs, run))["step"]
+        step_in_cut = job_of(cluster.status(head, runs, run))["step"]
     finally:
         cluster.bed.link(cut, True)
     t_healed = time.time()
     try:
-        st = cluster.wait(head, runs, run, lambda st: (_job(st)["step"] or 0) > step_in_cut + 5
+        st = cluster.wait(head, runs, run, lambda st: (job_of(st)["step"] or 0) > step_in_cut + 5
                           or st["state"] != "running", 300, "training moving again after the partition")
         t_moving = time.time()
         st = cluster.wait(head, runs, run, lambda st: st["state"] in ("succeeded", "failed"), 900, "the run ending")
-        job = _job(st)
+        job = job_of(st)
         assert st["state"] == "succeeded", st
         assert [a["n"] for a in job["attempts"]] == [1], job["attempts"]
         assert sorted((s["rank"], s["attempt"]) for s in seen(runs, run)) == [(0, 1), (1, 1)]
