@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from launcher.cluster import local_gpus
+from launcher.cluster import local_gpus, shape_from_ray
 from launcher.control.controller import Controller
 from launcher.journal import Journal
 from launcher.layout import RunDir
@@ -25,7 +25,7 @@ def run(plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]]
     run_id = rd.root.name
     books = Books.of(((n.node_id, n.gpus, n.gpu_type) for n in shape.nodes),
                      {n.node_id: n.gpu_mib for n in shape.nodes if n.gpu_mib})
-    executor = RayExecutor(run_id, (n.node_id for n in shape.nodes if n.gpus > 0))
+    executor = RayExecutor(run_id, shape, shape_from_ray)
     # What the monitor measures peaks with here (its `auto`): needs from earlier runs must match it.
     backend = os.environ.get("SL_MONITOR_BACKEND", "auto")
     if backend == "auto":

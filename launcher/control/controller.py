@@ -23,8 +23,8 @@ from launcher.contract.result import read_result
 from launcher.control import changes, packing, restore
 from launcher.control.progress import progress_due
 from launcher.control import requests as control
-from launcher.control.executor import (AttemptFailed, Event, Executor, ReleaseDone, ReleaseOrder, Reported, Reserved,
-                                       ReserveOrder, Spawned, StartOrder)
+from launcher.control.executor import (AttemptFailed, Event, Executor, NodesChanged, ReleaseDone, ReleaseOrder,
+                                       Reported, Reserved, ReserveOrder, Spawned, StartOrder)
 from launcher.control.records import AfterRelease, Attempt, JobRun
 from launcher.control.states import JobState
 from launcher.journal import Decision, Journal, JournalError, ProcessRecord
@@ -118,6 +118,9 @@ class Controller:
         return max(now, due)
 
     def _dispatch(self, ev: Event) -> None:
+        if isinstance(ev, NodesChanged):
+            self._nodes_changed(ev)
+            return
         jr = self.jobs.get(ev.job)
         if jr is None or jr.current is None or jr.current.n != ev.attempt or jr.state not in EXPECTED[type(ev)]:
             log.debug("dropped a late event: %s", ev)   # e.g. a report that was on its way when the release began
@@ -133,6 +136,18 @@ class Controller:
                                                                              step=j.current.step)))  # type: ignore[union-attr]
         else:
             self._isolated(jr, lambda j: self._on_release_done(j, ev.released))
+
+    def _nodes_changed(self, ev: NodesChanged) -> None:
+        """Nodes joined or left the cluster: the books offer the new GPUs from this pass on and no
+        longer the lost ones (a job running there is handled by its own attempt's events)."""
+        for n in ev.joined:
+            self.core.books.add_node(n.node_id, n.gpus, n.gpu_type, n.gpu_mib)
+        for n in ev.left:
+            self.core.books.drop_node(n.node_id)
+        self.core.version += 1
+        self.core.reprioritise()
+        for line in ev.describe():
+            self._say(line, kind="cluster")
 
     def _isolated(self, jr: JobRun, action: Callable[[JobRun], Any]) -> Any:
         """One job's unexpected error (a launcher bug, a file it cannot read) fails that job and
@@ -260,6 +275,12 @@ class Controller:
             r = planned.reservation
             held = f"; {r.name} has GPUs reserved from {r.at - now:.0f}s from now" if r else ""
             log.info("waiting for GPUs: %s ready, %d GPU(s) free%s", ", ".join(ready), self.core.books.free_gpus(), held)
+            # a node left and nothing replaced it yet: say so rather than wait in silence
+            for n in ready if not self.quarantined else []:
+                if not self.core.could_ever_fit(n):
+                    self._say(f"does not fit the cluster as it is now ({self.core.books.capacity()} GPU(s) on "
+                              f"{sum(1 for c in self.core.books.capacity_of.values() if c)} node(s)): waiting "
+                              "for nodes to join (bin/kill to stop it)", n, kind="cluster")
 
     def _place(self, jr: JobRun, p: Placement, now: float) -> None:
         r = jr.job.config.resources

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Union
 
+from launcher.resources import NodeShape
 from launcher.node.messages import AgentReport, BundleInfo, Released, Started, SweepTarget
 from launcher.scheduling.model import Shape
 from launcher.supervision.failure import Verdict
@@ -96,7 +97,19 @@ class ReleaseDone:
     released: Released
 
 
-Event = Union[Reserved, Spawned, Reported, AttemptFailed, ReleaseDone]
+@dataclass(frozen=True)
+class NodesChanged:
+    """The cluster's GPU nodes changed during the run (an event of the executor, like the attempt events)."""
+    joined: tuple[NodeShape, ...]
+    left: tuple[NodeShape, ...]
+
+    def describe(self) -> list[str]:
+        out = [f"node {n.node_id[:12]} joined: {n.gpus} GPU(s){' ' + n.gpu_type if n.gpu_type else ''}"
+               for n in self.joined]
+        return out + [f"node {n.node_id[:12]} left: its {n.gpus} GPU(s) are no longer offered" for n in self.left]
+
+
+Event = Union[Reserved, Spawned, Reported, AttemptFailed, ReleaseDone, NodesChanged]
 
 
 class Executor(Protocol):

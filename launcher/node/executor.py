@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
@@ -22,8 +22,10 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from launcher import teardown
-from launcher.control.executor import (AttemptFailed, Event, ReleaseDone, ReleaseOrder, Reported, Reserved,
-                                       ReserveOrder, Spawned, StartOrder)
+from launcher.control import membership
+from launcher.control.executor import (AttemptFailed, Event, NodesChanged, ReleaseDone, ReleaseOrder, Reported,
+                                       Reserved, ReserveOrder, Spawned, StartOrder)
+from launcher.resources import ClusterShape
 from launcher.node.host import GroupHandle, bundle_info
 from launcher.node.messages import AgentReport, BundleInfo, Released, Started
 from launcher.node.pool import HostPool
@@ -33,6 +35,7 @@ log = logging.getLogger("launcher")
 POLL_S = 0.25         # a poll answers in milliseconds: paced, as the heartbeats change no faster
 EXIT_WAIT_S = 30.0    # one wait_exit call per node and attempt at a time, renewed when it times out
 RPC_TIMEOUT_S = teardown.RPC_TIMEOUT_S
+MEMBERSHIP_S = 2.0    # how often the node table is read: a node that joins is offered within this
 Key = tuple[str, int]   # (job, attempt)
 
 
@@ -82,8 +85,12 @@ class _Stopping:
 
 
 class RayExecutor:
-    def __init__(self, run_id: str, gpu_nodes: Iterable[str]):
+    def __init__(self, run_id: str, shape: ClusterShape, read_shape: Callable[[], ClusterShape]):
+        """`shape`: the nodes the controller's books start from; `read_shape`: Ray's node table now
+        (read every MEMBERSHIP_S, so nodes that join or leave during the run reach the books)."""
         self.run_id = run_id
+        self.known = membership.gpu_nodes(shape)
+        self.read_shape, self.looked = read_shape, time.time()
         self.live: dict[Key, _Live] = {}
         self.stopping: dict[Key, _Stopping] = {}
         self.spare: list[SparePg] = []
@@ -91,7 +98,7 @@ class RayExecutor:
         self.woken = threading.Event()
         self.releases = ThreadPoolExecutor(max_workers=8, thread_name_prefix="release")
         self.hosts = HostPool(run_id)
-        self.hosts.start(gpu_nodes)
+        self.hosts.start(self.known)
 
     # ------------------------------------------------------------------ orders
 
@@ -208,7 +215,30 @@ class RayExecutor:
             if st.future.done():
                 del self.stopping[key]
                 events.append(ReleaseDone(*key, self._released(st)))
+        if time.time() - self.looked >= MEMBERSHIP_S:
+            changed = self._membership()
+            if changed is not None:
+                events.append(changed)
         return events
+
+    def _membership(self) -> NodesChanged | None:
+        """Nodes that joined get a host at once (their first job does not wait for a Python to
+        start); a node that left keeps no handle (its jobs learn of it from their own calls)."""
+        self.looked = time.time()
+        try:
+            changed = membership.compare(self.known, self.read_shape())
+        except RayError as e:   # the GCS did not answer this time: look again next time
+            log.warning("could not read the node table: %s", _cause(e))
+            return None
+        if changed is None:
+            return None
+        for n in changed.joined:
+            self.known[n.node_id] = n
+            self.hosts.host(n.node_id)
+        for n in changed.left:
+            del self.known[n.node_id]
+            self.hosts.forget(n.node_id)
+        return changed
 
     def _look(self, lv: _Live) -> Event | None:
         if lv.running:

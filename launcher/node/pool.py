@@ -43,6 +43,10 @@ class HostPool:
         for node in [n for n, h in self.hosts.items() if h is host]:
             del self.hosts[node]
 
+    def forget(self, node: str) -> None:
+        """The node left the cluster: its host went with it."""
+        self.hosts.pop(node, None)
+
     def shutdown(self) -> None:
         for h in self.hosts.values():
             try:

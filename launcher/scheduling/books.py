@@ -39,6 +39,23 @@ class Books:
         b.gpu_mib = {n: m for n, m in (gpu_mib or {}).items() if m and n in b.capacity_of}
         return b
 
+    def add_node(self, node: str, gpus: int, kind: str | None, gpu_mib: int | None) -> None:
+        """A node joined the cluster during the run: its GPUs are offered from the next pass on
+        (what a job Ray placed there before we knew of it holds stays held)."""
+        held = self.capacity_of.get(node, 0) - self.free.get(node, 0)
+        self.capacity_of[node], self.type_of[node], self.free[node] = gpus, kind, gpus - held
+        if gpu_mib:
+            self.gpu_mib[node] = gpu_mib
+
+    def drop_node(self, node: str) -> None:
+        """A node left: nothing more is placed there. What its jobs held is given back by their
+        releases as usual, which brings its free count back to 0."""
+        if node not in self.capacity_of:
+            return
+        self.free[node] -= self.capacity_of[node]
+        self.capacity_of[node] = 0
+        self.gpu_mib.pop(node, None)
+
     def copy(self) -> "Books":
         """A scratch copy for one pass: the capacities and types are shared; what is held is copied."""
         return Books(self.capacity_of, self.type_of, dict(self.free), self.gpu_mib,

@@ -4,6 +4,7 @@ hosts that remain from its newest complete checkpoint; nothing may be left runni
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def test_a_lost_worker_host_restarts_the_job_on_the_hosts_left(cluster, tmp_path
         again = [s for s in seen(runs, run) if s["attempt"] == 2]
         assert sorted(s["rank"] for s in again) == [0, 1]
         assert not lost_ids & {s["node_id"] for s in again} and len({s["node_id"] for s in again}) == 2
+        # The books learned of it too (Ray's node table), so no later job is offered that host.
+        with sqlite3.connect(runs / run / "run.db") as db:
+            told = [m for (m,) in db.execute("SELECT message FROM events WHERE kind='cluster'")]
+        assert [m for m in told if m.startswith(f"node {next(iter(lost_ids))[:12]} left")], told
         print(f"\nnode loss: detected {first['ended'] - t_lost:.1f}s after the raylet was killed, attempt 2 "
               f"started {second['started'] - t_lost:.1f}s after, from step {second['start_step']}; "
               f"{first['lost_steps']} step(s) redone")

@@ -123,11 +123,9 @@ def test_terminate_tree_kills_child_and_grandchild(spawned, run_id, tmp_path):
     grand = owned_from(wait_for(tmp_path / "gpid"))
     assert grand.process(run_id) is not None                  # inherits the marker
     assert procs.descendants(owned, run_id) == [grand]
-    t = time.time()
     alive = procs.terminate_tree([owned], [], run_id, grace=3.0)
     assert alive == []
-    assert time.time() - t < 2.5                              # SIGTERM was enough: no need to wait out the grace
-    assert proc.wait(timeout=5) == -signal.SIGTERM
+    assert proc.wait(timeout=5) == -signal.SIGTERM            # SIGTERM was enough: no KILL after the grace
     assert grand.process(run_id) is None
 
 
@@ -142,10 +140,8 @@ def test_terminate_tree_sweeps_a_grandchild_that_left_the_group(spawned, run_id,
     """)
     grand = owned_from(wait_for(tmp_path / "gpid"))
     assert os.getpgid(grand.pid) != owned.pid                  # a group signal cannot reach it
-    t = time.time()
     alive = procs.terminate_tree([owned], [], run_id, grace=0.5)
-    assert alive == []
-    assert 0.5 <= time.time() - t < 5
+    assert alive == []   # it ignored TERM: the sweep's KILL after the grace got it
     assert grand.process(run_id) is None
 
 
@@ -157,12 +153,9 @@ def test_sigterm_ignored_gets_sigkill_after_grace(spawned, run_id, tmp_path):
         time.sleep(30)
     """)
     wait_for(tmp_path / "ready")
-    t = time.time()
     alive = procs.terminate_tree([owned], [owned], run_id, grace=0.5)
-    took = time.time() - t
     assert alive == []
-    assert proc.wait(timeout=5) == -signal.SIGKILL
-    assert 0.5 <= took < 5
+    assert proc.wait(timeout=5) == -signal.SIGKILL   # TERM ignored: KILL after the grace, long before its sleep ends
 
 
 def test_rank_dies_with_its_parent(tmp_path, run_id):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from launcher import checkpoints
 from launcher.contract.result import Result, write_result
-from launcher.control.executor import (AttemptFailed, Event, ReleaseDone, ReleaseOrder, Reported, Reserved,
-                                       ReserveOrder, Spawned, StartOrder)
+from launcher.control.executor import (AttemptFailed, Event, NodesChanged, ReleaseDone, ReleaseOrder, Reported,
+                                       Reserved, ReserveOrder, Spawned, StartOrder)
 from launcher.heartbeat import Heartbeat
 from launcher.node.messages import AgentReport, BundleInfo, RankStatus, Released, SpawnedRank, Started
 from launcher.spec import JobFile
@@ -67,6 +67,7 @@ class InMemoryExecutor:
         self.closed = False
         self.hold_releases = False      # a release answers only once this is False again
         self.held: list[ReleaseOrder] = []
+        self.changes: list[tuple[float, NodesChanged]] = []   # (clock, change): nodes that join or leave then
 
     def script(self, job: str, attempt: int) -> Script:
         s = self.scripts.get(job, [Script()])
@@ -136,6 +137,9 @@ class InMemoryExecutor:
     # ------------------------------------------------------------------ events
 
     def wait(self, until: float) -> list[Event]:
+        due = [c for t, c in self.changes if t <= self.clock.t]
+        self.changes = [(t, c) for t, c in self.changes if t > self.clock.t]
+        self.queue += due
         if not self.queue:
             self.clock.t = max(self.clock.t, min(until, self.clock.t + TICK))
             for sim in self.sims.values():

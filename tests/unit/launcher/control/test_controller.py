@@ -15,7 +15,7 @@ import pytest
 from launcher import rundir
 from launcher.control import requests as control
 from launcher.control.controller import Controller
-from launcher.control.executor import ReleaseOrder, ReserveOrder, Spawned, StartOrder
+from launcher.control.executor import NodesChanged, ReleaseOrder, ReserveOrder, Spawned, StartOrder
 from launcher.journal import Journal
 from launcher.layout import RunDir
 from launcher.plan import Plan, load_plan
@@ -332,3 +332,43 @@ def test_a_new_checkpoint_after_the_last_decision_resets_the_no_progress_count(t
     j.close()
     c = controller(plan, rd, InMemoryExecutor(Clock()))
     assert c.jobs["a"].restarts_without_progress == 0 and c.jobs["a"].attempts == 2
+
+
+def test_a_node_that_joins_during_the_run_is_offered_to_the_jobs_waiting(tmp_path: Path) -> None:
+    one = ClusterShape((NodeShape("n0", 1),))
+    plan, rd = make_run(tmp_path, "a: {}\nb: {}\n", cluster=one)
+    ex = InMemoryExecutor(Clock(), {"a": [Script(total_steps=10)], "b": [Script(total_steps=10)]})
+    ex.changes.append((ex.clock.t + 2, NodesChanged((NodeShape("n1", 1, "H20"),), ())))
+    c = controller(plan, rd, ex, cluster=one)
+    assert c.run() == "succeeded"
+    (ra,), (rb,) = orders(ex, ReserveOrder, "a"), orders(ex, ReserveOrder, "b")
+    assert ra.nodes == ("n0",) and rb.nodes == ("n1",)
+    release_a = ex.times[ex.orders.index(orders(ex, ReleaseOrder, "a")[0])]
+    assert ex.times[ex.orders.index(rb)] < release_a   # b did not wait for a: it ran beside it
+    assert c.core.books.free == {"n0": 1, "n1": 1} and c.core.books.type_of["n1"] == "H20"
+    assert [e["message"] for e in c.journal.events() if e["kind"] == "cluster"] == ["node n1 joined: 1 GPU(s) H20"]
+
+
+def test_a_node_that_leaves_is_no_longer_offered(tmp_path: Path) -> None:
+    ones = ClusterShape((NodeShape("n0", 1), NodeShape("n1", 1)))
+    plan, rd = make_run(tmp_path, "a: {}\nb: {}\nc: {needs: [a, b]}\n", cluster=ones)
+    ex = InMemoryExecutor(Clock(), {"a": [Script(total_steps=3)], "b": [Script(total_steps=3)]})
+    ex.changes.append((ex.clock.t, NodesChanged((), (NodeShape("n1", 1),))))
+    c = controller(plan, rd, ex, cluster=ones)
+    assert c.run() == "succeeded"
+    assert {orders(ex, ReserveOrder, j)[0].nodes for j in "ab"} == {("n0",), ("n1",)}   # both placed first
+    assert orders(ex, ReserveOrder, "c")[0].nodes == ("n0",)
+    assert c.core.books.free == {"n0": 1, "n1": 0} and c.core.books.capacity() == 1
+    assert any(e["message"].startswith("node n1 left") for e in c.journal.events())
+
+
+def test_a_job_that_no_longer_fits_waits_for_nodes_and_says_so(tmp_path: Path) -> None:
+    plan, rd = make_run(tmp_path, "a: {}\nwide: {needs: [a], resources: {nodes: 2, gpus_per_node: 1}}\n")
+    ex = InMemoryExecutor(Clock(), {"a": [Script(total_steps=2)]})
+    t0 = ex.clock.t
+    ex.changes += [(t0, NodesChanged((), (NodeShape("n1", 2),))), (t0 + 60, NodesChanged((NodeShape("n2", 1),), ()))]
+    c = controller(plan, rd, ex)
+    assert c.run() == "succeeded"
+    (w,) = orders(ex, ReserveOrder, "wide")
+    assert sorted(w.nodes) == ["n0", "n2"] and ex.times[ex.orders.index(w)] >= t0 + 60
+    assert any("does not fit the cluster as it is now" in e["message"] for e in c.journal.events("wide"))

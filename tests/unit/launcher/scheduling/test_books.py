@@ -52,3 +52,23 @@ def test_a_node_the_books_never_had_is_held_without_being_offered() -> None:
     assert b.free["late"] == -2 and b.choose(Shape(1, 1), allowed=lambda n, g: n == "late") is None
     b.hold_gpus([("late", 2)], -1)
     assert b.free["late"] == 0
+
+
+def test_a_node_that_joins_adds_its_gpus_and_one_that_leaves_takes_them_away() -> None:
+    b = Books.of([("n0", 2, None)], {"n0": 24_576})
+    b.add_node("n1", 1, "A100", 81_920)
+    assert (b.capacity(), b.free_gpus(), b.usable_mib("n1")) == (3, 3, 81_920 - 4096)
+    b.hold(["n1"], 1)
+    b.drop_node("n1")   # while a job holds its GPU: free goes below 0 until that job's release
+    assert (b.capacity(), b.free["n1"], b.usable_mib("n1")) == (2, -1, 0)
+    assert b.choose(Shape(1, 1)) == ("n0",) and b.choose(Shape(2, 1)) is None
+    b.hold(["n1"], 1, -1)
+    assert b.free["n1"] == 0
+    b.drop_node("gone")   # never known: nothing to do
+
+
+def test_a_node_ray_placed_on_before_it_was_known_keeps_what_it_holds_when_it_joins() -> None:
+    b = Books.of([("n0", 1, None)])
+    b.hold_gpus([("n1", 1)])   # placed there by Ray before the node table said so
+    b.add_node("n1", 2, None, None)
+    assert b.free["n1"] == 1 and b.capacity_of["n1"] == 2
