@@ -23,9 +23,10 @@ PORT = 6379
 HOSTS = 4   # a head without GPUs and three workers: a 2-node job that loses one still has two hosts
 
 
-# One bed and one cluster for the whole session: each costs half a minute of CPU to start, and a
-# test that breaks a host (node loss, partition) puts it back with `Cluster.rejoin`.
-@pytest.fixture(scope="session")
+# One bed and one cluster for the cluster tests: each costs half a minute of CPU to start, and a
+# test that breaks a host (node loss, partition) puts it back with `Cluster.rejoin`. Package scope,
+# not session: four idle Ray nodes left running would take CPU from every test after these.
+@pytest.fixture(scope="package")
 def bed():
     why = netns.why_not()
     if why:
@@ -101,7 +102,7 @@ def cluster_args(c: Cluster, gpus: int) -> list[str]:
     return ["--state-dir", str(c.state), "--token", str(c.token), "--gpus", str(gpus), "--num-cpus", "8"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(bed, tmp_path_factory):
     """A head (no GPUs) in host 0 and three workers with one logical GPU each, joined with the token."""
     tmp = tmp_path_factory.mktemp("cluster")

@@ -88,6 +88,8 @@ jobs:
 def test_impossible_job_is_refused_before_anything_starts(cluster, runs: Path, tmp_path: Path, resources: str,
                                                           expect: str) -> None:
     plan = write_plan(tmp_path, f"jobs:\n  big:\n    method: synthetic\n    resources: {resources}\n")
-    out = launch(plan, runs, "--address", cluster.address)
+    # --address waits for nodes that could still join (300 s by default): bounded short here, it
+    # must still end in the refusal, with nothing started
+    out = launch(plan, runs, "--address", cluster.address, "--wait-for-nodes", "2")
     assert out.returncode == 2 and expect in out.stderr and "Traceback" not in out.stderr
     assert not runs.exists() or not any(runs.iterdir())
