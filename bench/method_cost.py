@@ -28,7 +28,10 @@ from bench import runs
 from bench.results import REPO, PieceResult, Row, at_most, median
 
 LISA_TARGET, FABE_TARGET = 1.10, 3.2
-SIZES = {True: (100, 2), False: (200, 3)}   # --quick / full: steps per run, rounds (a run: a few seconds of steps)
+# --quick / full: steps per run, rounds. A run is seconds of steps, and on a shared 2-core machine one
+# run's speed swings by a third from the next (seen: Lisa 50 then 37 steps/s): ratios are taken per
+# round, between runs seconds apart, and their median reported with the range.
+SIZES = {True: (100, 3), False: (300, 5)}
 
 
 def steady_steps_per_s(job_dir: Path) -> float:
@@ -127,37 +130,45 @@ def bench(quick: bool) -> PieceResult:
     med = {k: median(r["steps_per_s"] for r in v) for k, v in res.items() if isinstance(v, list)}
     per_sample = {k: median(r["samples_per_s"] for r in v) for k, v in res.items()
                   if isinstance(v, list) and k.startswith(("sft_fabe", "fabe"))}
-    common = f"tiny Llama, 1 rank (1 thread), no DeepSpeed, LoRA, batch 4, {steps} steps x {rounds} round(s), steady state, medians"
+    runs_of = {k: v for k, v in res.items() if isinstance(v, list)}
+
+    def paired(base: str, case: str, key: str = "steps_per_s") -> tuple[float, float, float] | None:
+        """base / case time per unit, per round (runs seconds apart): (median, lowest, highest)."""
+        rs = [b[key] / c[key] for b, c in zip(runs_of.get(base, []), runs_of.get(case, []))]
+        return (median(rs), min(rs), max(rs)) if rs else None  # type: ignore[return-value]
+
+    common = (f"tiny Llama, 1 rank (1 thread), no DeepSpeed, LoRA, batch 4, {steps} steps x {rounds} round(s), "
+              "steady state; ratio: the median of each round's own ratio (range in brackets)")
     rows: list[Row] = []
     why = errors.get("lisa") or errors.get("sft_lisa_data") or ("no result" if not (med.get("lisa") and med.get("sft_lisa_data")) else None)
     if why:
         rows.append(Row("Lisa / SFT time per step", f"unavailable: {why[:120]}", met=None))
     else:
-        ratio = med["sft_lisa_data"] / med["lisa"]
+        ratio, lo, hi = paired("sft_lisa_data", "lisa")  # type: ignore[misc]
         rows.append(Row("Lisa / SFT time per step", f"{1 / med['lisa']:.3f} s/step", 1 / med["lisa"],
                         baseline=f"SFT {1 / med['sft_lisa_data']:.3f} s/step", target=f"<= {LISA_TARGET:.2f} x SFT",
                         ratio=ratio, met=at_most(ratio, LISA_TARGET),
-                        note=f"{common}; SST-2 + 20 % harmful mix, Lisa alignment 2 / fine-tune 8 steps on "
+                        note=f"{common}: [{lo:.2f}-{hi:.2f}]; SST-2 + 20 % harmful mix, Lisa alignment 2 / fine-tune 8 steps on "
                              "safe_mini guide data (longer refusals than SST-2 answers: part of any gap is data)"))
         if med.get("lisa_proximal_only"):
-            r = med["sft_lisa_data"] / med["lisa_proximal_only"]
+            r, lo, hi = paired("sft_lisa_data", "lisa_proximal_only")  # type: ignore[misc]
             rows.append(Row("  Lisa with alignment off (SFT's data + proximal term) / SFT",
                             f"{1 / med['lisa_proximal_only']:.3f} s/step", 1 / med["lisa_proximal_only"],
-                            baseline="SFT", ratio=r, note="diagnostic: the method's own per-step cost, the guide "
-                                                          "data's longer sequences left out"))
+                            baseline="SFT", ratio=r, note=f"diagnostic: the method's own per-step cost, the guide "
+                                                           f"data's longer sequences left out [{lo:.2f}-{hi:.2f}]"))
     why = errors.get("fabe") or errors.get("sft_fabe_data") or ("no result" if not (per_sample.get("fabe") and per_sample.get("sft_fabe_data")) else None)
     if why:
         rows.append(Row("FABE (3 candidates) / SFT time per sample", f"unavailable: {why[:120]}", met=None))
     else:
-        ratio = per_sample["sft_fabe_data"] / per_sample["fabe"]
+        ratio, lo, hi = paired("sft_fabe_data", "fabe", "samples_per_s")  # type: ignore[misc]
         rows.append(Row("FABE (3 candidates) / SFT time per sample", f"{1e3 / per_sample['fabe']:.1f} ms/sample",
                         1 / per_sample["fabe"], baseline=f"SFT {1e3 / per_sample['sft_fabe_data']:.1f} ms/sample",
                         target=f"<= {FABE_TARGET:.1f} x SFT", ratio=ratio, met=at_most(ratio, FABE_TARGET),
-                        note=f"{common}; fabe_ranked_mini rows, SFT on each row's best candidate; FABE shares "
+                        note=f"{common}: [{lo:.2f}-{hi:.2f}]; fabe_ranked_mini rows, SFT on each row's best candidate; FABE shares "
                              "the prompt across its candidates (shared_prompt, the default; LoRA dropout 0, "
                              "without which it does not share)"))
         if per_sample.get("fabe_naive"):
-            r = per_sample["sft_fabe_data"] / per_sample["fabe_naive"]
+            r = paired("sft_fabe_data", "fabe_naive", "samples_per_s")[0]  # type: ignore[index]
             rows.append(Row("FABE naive (one sequence per candidate) / SFT", f"{1e3 / per_sample['fabe_naive']:.1f} ms/sample",
                             1 / per_sample["fabe_naive"], baseline="SFT", ratio=r))
     return PieceResult("methods", rows, {"steps": steps, "rounds": rounds, "runs": {k: v for k, v in res.items()
