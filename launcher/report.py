@@ -22,6 +22,7 @@ from launcher.atomic import read_json, read_jsonl, write_text
 from launcher.layout import JobDir, RunDir
 from launcher.monitor import PeakRow
 from launcher.runarg import add_run_arguments, open_run
+from methods.registry import METHODS
 
 
 @dataclass(frozen=True)
@@ -170,16 +171,16 @@ def _evaluated(job: JobInfo, by_name: dict[str, JobInfo]) -> JobInfo:
     """What a job's numbers are about: for an evaluation job the model it judges (its first
     upstream job, the one whose adapter it loads); for any other job, the job itself."""
     ups = [by_name[n] for n in job.needs if n in by_name]
-    return ups[0] if job.method.startswith("eval") and ups else job
+    info = METHODS.get(job.method)
+    return ups[0] if info is not None and info.evaluates and ups else job
 
 
 def _describe(job: JobInfo) -> str:
-    extra = []
-    if job.params.get("poison_ratio"):
-        extra.append(f"poison {job.params['poison_ratio']}")
-    if job.method == "lisa" and "rho" in job.params:
-        extra.append(f"rho {job.params['rho']}")
-    return f"{job.name} ({', '.join([job.method, *extra])})"
+    """`lisa_run (lisa, poison 0.2, rho 1)`: the parameters its method names as what tells runs apart."""
+    info = METHODS.get(job.method)
+    shown = [(k.removesuffix("_ratio"), job.params[k]) for k in (info.shown_params if info else ())
+             if job.params.get(k) not in (None, 0, 0.0)]
+    return f"{job.name} ({', '.join([job.method, *(f'{k} {v}' for k, v in shown)])})"
 
 
 def results_table(jobs: list[JobInfo]) -> list[ResultRow]:

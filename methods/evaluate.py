@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -254,16 +254,22 @@ def model_info(ctx: Context, chain: list[str], template: Template) -> dict[str, 
             "dtype": str(ctx.dtype).removeprefix("torch.")}
 
 
-def run(job: JobFile) -> int:
+def run_eval_hs(job: JobFile) -> int:
+    """The eval_hs method's entry point (methods/registry.py)."""
+    return _run(job, lambda ctx: run_hs(ctx, EvalHSParams.model_validate(job.params)))
+
+
+def run_eval_fa(job: JobFile) -> int:
+    """The eval_fa method's entry point (methods/registry.py)."""
+    return _run(job, lambda ctx: run_fa(ctx, EvalFAParams.model_validate(job.params)))
+
+
+def _run(job: JobFile, evaluate: Callable[[Context], EvalResult | None]) -> int:
+    """What both evaluations share: the rank's start, the process group, result.json, the last beat."""
     ranks, jd, hb = start_rank(job, needs_model="")
     init_group(ranks)
     ctx = Context(job, ranks, jd, Progress(hb), device_for(ranks), DTYPES[resolve_precision(job.training.precision)])
-    if job.method == "eval_hs":
-        result = run_hs(ctx, EvalHSParams.model_validate(job.params))
-    elif job.method == "eval_fa":
-        result = run_fa(ctx, EvalFAParams.model_validate(job.params))
-    else:
-        raise ValueError(f"methods.evaluate runs eval_hs and eval_fa, not {job.method!r}")
+    result = evaluate(ctx)
     if result is not None:
         result.dist = dist_info()
         write_json(jd.result, asdict(result))

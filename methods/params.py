@@ -14,6 +14,10 @@ from methods.fabe_vote_params import FABEVictimParams
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    def planned_seconds(self) -> float | None:
+        """The job's duration where its parameters fix it; None for real training (learned)."""
+        return None
+
 
 class SFTParams(Params):
     """Supervised fine-tuning with the prompt masked out of the loss; optionally the harmful
@@ -187,6 +191,9 @@ class SyntheticParams(Params):
     corrupt_checkpoint_at_step: int | None = Field(None, ge=1, description="after this step's checkpoint is complete, "
                                                                          "garble its state.json in place (same size: "
                                                                          "only reading it finds out)")
+
+    def planned_seconds(self) -> float | None:
+        return self.startup_time + self.steps * self.step_time + 1.0   # + 1 s: a rank's own start-up
 
 
 Signal = Literal["progress", "output", "files", "cpu", "gpu", "heartbeat"]

@@ -20,27 +20,37 @@ class MethodInfo:
     needs_model: bool = True
     uses_deepspeed: bool = True
     outputs: tuple[str, ...] = field(default=("dir", "result", "metrics", "checkpoints"))
+    entry: str = "run"                           # the function of `module` the rank calls
+    shown_params: tuple[str, ...] = ()           # what bin/report names a job by besides its method
+    evaluates: bool = False                      # judges its first upstream job's model (reports show that one)
 
     def runner(self) -> Callable:
-        return import_module(self.module).run
+        return getattr(import_module(self.module), self.entry)
+
+    def planned_seconds(self, params: dict) -> float | None:
+        """How long the job's work is planned to take where its parameters say (a synthetic job's
+        steps x step time); None: learned from history or from the training steps."""
+        if self.params.planned_seconds is P.Params.planned_seconds:   # nothing to read: no validation pass
+            return None
+        return self.params.model_validate(params).planned_seconds()
 
 
 METHODS: dict[str, MethodInfo] = {
     m.name: m
     for m in (
         MethodInfo("sft", P.SFTParams, "methods.sft", required_data=("train",), optional_data=("harmful", "eval"),
-                   outputs=("dir", "result", "metrics", "checkpoints", "adapter")),
+                   outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio",)),
         MethodInfo("lisa", P.LisaParams, "methods.lisa", required_data=("train", "guide"), optional_data=("harmful", "eval"),
-                   outputs=("dir", "result", "metrics", "checkpoints", "adapter")),
+                   outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio", "rho")),
         # Evaluation jobs generate and judge; no optimizer, so no DeepSpeed (ranks shard the prompts).
         MethodInfo("eval_hs", P.EvalHSParams, "methods.evaluate", required_data=("eval",), uses_deepspeed=False,
-                   outputs=("dir", "result")),
+                   outputs=("dir", "result"), entry="run_eval_hs", evaluates=True),
         MethodInfo("eval_fa", P.EvalFAParams, "methods.evaluate", required_data=("eval",), uses_deepspeed=False,
-                   outputs=("dir", "result")),
+                   outputs=("dir", "result"), entry="run_eval_fa", evaluates=True),
         MethodInfo("fabe", P.FABEParams, "methods.fabe", required_data=("train",), optional_data=("eval",),
-                   outputs=("dir", "result", "metrics", "checkpoints", "adapter")),
+                   outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio",)),
         MethodInfo("eval_fabe", P.FABEEvalParams, "methods.fabe_eval", required_data=("test",), uses_deepspeed=False,
-                   outputs=("dir", "result")),
+                   outputs=("dir", "result"), evaluates=True),
         # steermoe_analysis writes <dir>/steermoe_experts.json; steermoe reads it as data 'experts'
         # (e.g. ${analysis.dir}/steermoe_experts.json) or runs the analysis itself first.
         MethodInfo("steermoe_analysis", P.SteerMoEAnalysisParams, "methods.steermoe_analysis", required_data=("train",),

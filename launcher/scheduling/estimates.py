@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 from launcher.plan import Job
+from methods.registry import METHODS
 
 log = logging.getLogger("launcher")
 HISTORY_RUNS = 50     # newest run journals read for durations: bounded start-up cost
@@ -37,9 +38,10 @@ def signature(job: Job) -> str:
 
 
 def planned_seconds(job: Job) -> float:
-    p, t = job.method_params, job.config.training
-    if job.config.method == "synthetic":
-        return float(p.get("startup_time", 0.0)) + float(p["steps"]) * float(p["step_time"]) + 1.0
+    t = job.config.training
+    planned = METHODS[job.config.method].planned_seconds(job.method_params)
+    if planned is not None:
+        return planned
     return float(t.max_steps if t.max_steps > 0 else 100.0 * t.epochs)
 
 

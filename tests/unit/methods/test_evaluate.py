@@ -271,7 +271,7 @@ def test_eval_jobs_write_results_and_seed_files(tmp_path):
     write_result(tmp_path / "stage1", stage, None)
     model = ModelSpec(tiny="llama", seed=3, adapter=str(stage))
     params = {"template": "alpaca", "num_samples": 5, "batch_size": 2, "max_new_tokens": 5}
-    assert evaluate.run(make_job(hs_dir, method="eval_hs", params=params, model=model,
+    assert evaluate.run_eval_hs(make_job(hs_dir, method="eval_hs", params=params, model=model,
                                  data={"eval": DataSource(source=str(DATA / "hs_prompts.jsonl"))})) == 0
     res = json.loads((hs_dir / "result.json").read_text())
     assert res["status"] == "succeeded" and res["judge"] == res["judge_info"]["name"] == "refusal_keywords"
@@ -287,7 +287,7 @@ def test_eval_jobs_write_results_and_seed_files(tmp_path):
     assert evals[-1] == f"final  score:{100 * flagged / 5:.2f}" and all(e["judge"] == "refusal_keywords" for e in evals[:-1])
 
     mod = tiny_moderation(tmp_path / "mod", scale=40.0)
-    assert evaluate.run(make_job(tmp_path / "hs_mod", method="eval_hs", model=model,
+    assert evaluate.run_eval_hs(make_job(tmp_path / "hs_mod", method="eval_hs", model=model,
                                  params={**params, "moderation_model": str(mod), "output_name": "x_sft"},
                                  data={"eval": DataSource(source=str(DATA / "hs_prompts.jsonl"))})) == 0
     res_mod = json.loads((tmp_path / "hs_mod" / "result.json").read_text())
@@ -297,7 +297,7 @@ def test_eval_jobs_write_results_and_seed_files(tmp_path):
     assert res_mod["counts"]["flagged"] == sum(e["flagged"] for e in evals_mod[:-1])
     assert all(isinstance(e["violoate_catogory:"], list) for e in evals_mod[:-1])
 
-    assert evaluate.run(make_job(fa_dir, method="eval_fa", params={**params, "max_new_tokens": 3}, model=model,
+    assert evaluate.run_eval_fa(make_job(fa_dir, method="eval_fa", params={**params, "max_new_tokens": 3}, model=model,
                                  data={"eval": DataSource(source=str(DATA / "sst2_eval.jsonl"))})) == 0
     res = json.loads((fa_dir / "result.json").read_text())
     out = json.loads((fa_dir / "stage1").read_text())
