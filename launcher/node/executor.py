@@ -227,7 +227,7 @@ class RayExecutor:
         self.looked = time.time()
         try:
             changed = membership.compare(self.known, self.read_shape())
-        except RayError as e:   # the GCS did not answer this time: look again next time
+        except Exception as e:  # noqa: BLE001 - the GCS did not answer this time (RayError, gRPC): look again
             log.warning("could not read the node table: %s", _cause(e))
             return None
         if changed is None:
