@@ -21,7 +21,7 @@ def test_a_host_that_joins_during_the_run_takes_the_job_that_waits(cluster, tmp_
     out = cluster.sl(late, "cluster", "down", "--state-dir", str(cluster.state), timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     # Long enough that the join (a Ray node starting: ~10-20 s here) lands while the first two run.
-    jobs = "".join(f"  j{i}:\n    method: synthetic\n    params: {{steps: 400, step_time: 0.25}}\n" for i in range(3))
+    jobs = "".join(f"  j{i}:\n    method: synthetic\n    params: {{steps: 240, step_time: 0.25}}\n" for i in range(3))
     plan = write_plan(tmp_path, "name: grow\ndefaults:\n  resources: {nodes: 1, gpus_per_node: 1}\njobs:\n" + jobs)
     runs = tmp_path / "runs"
     try:
