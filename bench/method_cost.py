@@ -127,10 +127,9 @@ def bench(quick: bool) -> PieceResult:
     errors: dict[str, str] = res["errors"]
     if proc.returncode != 0:
         errors.setdefault("worker", f"exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-    med = {k: median(r["steps_per_s"] for r in v) for k, v in res.items() if isinstance(v, list)}
-    per_sample = {k: median(r["samples_per_s"] for r in v) for k, v in res.items()
-                  if isinstance(v, list) and k.startswith(("sft_fabe", "fabe"))}
     runs_of = {k: v for k, v in res.items() if isinstance(v, list)}
+    med = {k: median(r["steps_per_s"] for r in v) for k, v in runs_of.items()}
+    per_sample = {k: median(r["samples_per_s"] for r in v) for k, v in runs_of.items() if k.startswith(("sft_fabe", "fabe"))}
 
     def paired(base: str, case: str, key: str = "steps_per_s") -> tuple[float, float, float] | None:
         """base / case time per unit, per round (runs seconds apart): (median, lowest, highest)."""

@@ -178,8 +178,11 @@ def _evaluated(job: JobInfo, by_name: dict[str, JobInfo]) -> JobInfo:
 def _describe(job: JobInfo) -> str:
     """`lisa_run (lisa, poison 0.2, rho 1)`: the parameters its method names as what tells runs apart."""
     info = METHODS.get(job.method)
-    shown = [(k.removesuffix("_ratio"), job.params[k]) for k in (info.shown_params if info else ())
-             if job.params.get(k) not in (None, 0, 0.0)]
+    shown = []
+    for k in info.shown_params if info else ():
+        v = job.params.get(k)
+        if v is not None and (v or k in info.shown_if_zero):
+            shown.append((k.removesuffix("_ratio"), v))
     return f"{job.name} ({', '.join([job.method, *(f'{k} {v}' for k, v in shown)])})"
 
 

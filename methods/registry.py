@@ -21,7 +21,8 @@ class MethodInfo:
     uses_deepspeed: bool = True
     outputs: tuple[str, ...] = field(default=("dir", "result", "metrics", "checkpoints"))
     entry: str = "run"                           # the function of `module` the rank calls
-    shown_params: tuple[str, ...] = ()           # what bin/report names a job by besides its method
+    shown_params: tuple[str, ...] = ()           # what bin/report names a job by besides its method (when set, not 0)
+    shown_if_zero: tuple[str, ...] = ()          # of those, the ones whose 0 still tells runs apart (Lisa's rho 0 = SFT)
     evaluates: bool = False                      # judges its first upstream job's model (reports show that one)
 
     def runner(self) -> Callable:
@@ -41,14 +42,15 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("sft", P.SFTParams, "methods.sft", required_data=("train",), optional_data=("harmful", "eval"),
                    outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio",)),
         MethodInfo("lisa", P.LisaParams, "methods.lisa", required_data=("train", "guide"), optional_data=("harmful", "eval"),
-                   outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio", "rho")),
+                   outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio", "rho"),
+                   shown_if_zero=("rho",)),
         # Evaluation jobs generate and judge; no optimizer, so no DeepSpeed (ranks shard the prompts).
         MethodInfo("eval_hs", P.EvalHSParams, "methods.evaluate", required_data=("eval",), uses_deepspeed=False,
                    outputs=("dir", "result"), entry="run_eval_hs", evaluates=True),
         MethodInfo("eval_fa", P.EvalFAParams, "methods.evaluate", required_data=("eval",), uses_deepspeed=False,
                    outputs=("dir", "result"), entry="run_eval_fa", evaluates=True),
         MethodInfo("fabe", P.FABEParams, "methods.fabe", required_data=("train",), optional_data=("eval",),
-                   outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio",)),
+                   outputs=("dir", "result", "metrics", "checkpoints", "adapter")),
         MethodInfo("eval_fabe", P.FABEEvalParams, "methods.fabe_eval", required_data=("test",), uses_deepspeed=False,
                    outputs=("dir", "result"), evaluates=True),
         # steermoe_analysis writes <dir>/steermoe_experts.json; steermoe reads it as data 'experts'

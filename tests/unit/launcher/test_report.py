@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.report import JobInfo, Report, ResultRow, markdown, results_table
+from launcher.report import JobInfo, Report, ResultRow, _describe, markdown, results_table
 
 
 def job(name: str, method: str, needs: list[str] | None = None, params: dict | None = None,
@@ -80,3 +80,13 @@ def test_thinning_keeps_the_peak_and_time_units_read_well() -> None:
     tx, ty = thin(xs, ys, 1000)
     assert len(tx) <= 1001 and max(ty) == 9.0 and tx[ty.index(9.0)] == 54_321.0
     assert time_unit(30)[0] == 1.0 and time_unit(3600)[0] == 60.0 and time_unit(14 * 3600)[0] == 3600.0
+
+
+def test_a_job_is_named_by_the_parameters_its_method_shows() -> None:
+
+    def job(method: str, params: dict) -> JobInfo:
+        return JobInfo("j", method, "succeeded", [], [], params)
+
+    assert _describe(job("lisa", {"poison_ratio": 0.1, "rho": 0})) == "j (lisa, poison 0.1, rho 0)"   # rho 0 = SFT: shown
+    assert _describe(job("sft", {"poison_ratio": 0.0})) == "j (sft)"
+    assert _describe(job("fabe", {"rho": 3})) == "j (fabe)"   # not one of fabe's shown parameters

@@ -30,5 +30,7 @@ def test_planned_seconds_from_the_parameters_where_they_fix_it() -> None:
 
 
 def test_a_lisa_job_is_named_by_its_poison_ratio_and_rho() -> None:
-    assert METHODS["lisa"].shown_params == ("poison_ratio", "rho")
+    assert METHODS["lisa"].shown_params == ("poison_ratio", "rho") and METHODS["lisa"].shown_if_zero == ("rho",)
     assert METHODS["sft"].shown_params == ("poison_ratio",)
+    assert all(k in m.params.model_fields for m in METHODS.values() for k in m.shown_params)
+
