@@ -1,54 +1,21 @@
-"""Plan checks for `command` jobs (the researcher's own scripts), before anything starts.
-
-Where it runs (`params.cwd`, relative to `params.root`, both by default the plan file's
-directory, so `python train.py` finds the script next to the plan), that the program and a script argument exist there, and that the
-checkpoint keys only command jobs use are used by command jobs and complete.
+"""Plan checks of the checkpoint keys that only jobs keeping their own checkpoints take
+(MethodInfo.own_checkpoints: a `command` job's script saves where it saves; glob, complete,
+resume_arg say where and how to hand one back), before anything starts.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from launcher.spec import CheckpointSpec
-
-SCRIPT_SUFFIXES = (".py", ".sh")
-
-
-def resolve(params: dict[str, Any], plan_dir: Path, where: str, err: Callable[[str, str], None]) -> dict[str, Any]:
-    """The params with root and cwd made absolute; problems reported through `err(key, message)`."""
-    root = plan_dir / (params.get("root") or ".")   # an absolute root stays as it is
-    cwd = root / (params.get("cwd") or ".")
-    out = {**params, "root": str(root.resolve()), "cwd": str(cwd.resolve())}
-    if not root.is_dir():
-        err(f"{where}.params.root", f"{root} is not a directory: point it at the checkout the commands run in "
-                                    "(--set defaults.params.root=/path/to/checkout)")
-        return out
-    if not cwd.is_dir():
-        err(f"{where}.params.cwd", f"{cwd} is not a directory (a relative cwd starts at params.root)")
-        return out
-    argv: list[str] = params["argv"]
-    if not argv:
-        err(f"{where}.params.argv", "no command: give it as a list, e.g. argv: [python, train.py, --lr, '1e-4']")
-        return out
-    prog = argv[0]
-    path = os.environ.get("SL_USER_PATH")   # what the script's ranks will search (methods/command.py)
-    if "{" not in prog and shutil.which(prog, path=path) is None and shutil.which(str(cwd / prog)) is None:
-        err(f"{where}.params.argv", f"{prog!r} is neither on PATH nor an executable file in {cwd}")
-    for a in argv[1:2]:   # `python train.py`, `bash run.sh`: the script itself
-        if a.endswith(SCRIPT_SUFFIXES) and "{" not in a and not (cwd / a).is_file():
-            err(f"{where}.params.argv", f"script {a!r} not found in {cwd} (relative paths start at params.cwd, "
-                                        "by default the plan's directory)")
-    return out
+from methods.registry import MethodInfo
 
 
-def check_checkpoint(method: str, ck: CheckpointSpec, where: str, err: Callable[[str, str], None]) -> None:
+def check_checkpoint(info: MethodInfo, ck: CheckpointSpec, where: str, err: Callable[[str, str], None]) -> None:
     own = {k: v for k, v in (("glob", ck.glob), ("resume_arg", ck.resume_arg)) if v}
-    if method != "command":
+    if not info.own_checkpoints:
         for k in own:
-            err(f"{where}.checkpoint.{k}", f"only command jobs take checkpoint.{k} (method {method} saves its own)")
+            err(f"{where}.checkpoint.{k}", f"only command jobs take checkpoint.{k} (method {info.name} saves its own)")
         return
     if ck.resume_arg and not ck.glob:
         err(f"{where}.checkpoint.resume_arg", "needs checkpoint.glob: where the script's checkpoints are")

@@ -109,15 +109,14 @@ class Job:
     def ranks_per_node(self) -> int:
         """Processes the launcher starts on each node: one per GPU, or one in all for a command job
         whose own launcher (torchrun, deepspeed, accelerate) starts the workers."""
-        single = self.config.method == "command" and self.method_params.get("launcher") == "single"
-        return 1 if single else self.config.resources.gpus_per_node
+        return METHODS[self.config.method].ranks_per_node(self.method_params, self.config.resources.gpus_per_node)
 
     @property
     def micro_batch(self) -> tuple[int, int]:
         """(micro-batch, accumulation) an OOM may halve: a command job's script has its own flags, so
         the launcher has nothing to change there and restarts it as it was."""
         t = self.config.training
-        return (1, 1) if self.config.method == "command" else (t.batch_size, t.grad_accum)
+        return (t.batch_size, t.grad_accum) if METHODS[self.config.method].scales_micro_batch else (1, 1)
 
 
 @dataclass
@@ -384,9 +383,9 @@ class _Ctx:
         except ValidationError as e:
             self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), e, info.params))
             return None
-        if cfg.method == "command":
-            params = commandjob.resolve(params, self.plan_dir, where, self.err)
-        commandjob.check_checkpoint(cfg.method, cfg.checkpoint, where, self.err)
+        if info.prepare is not None:
+            params = info.prepare(params, self.plan_dir, where, self.err)
+        commandjob.check_checkpoint(info, cfg.checkpoint, where, self.err)
         name = self._name(base, where, cfg, params, combo)
         if name is None:
             return None
@@ -593,5 +592,5 @@ class _Ctx:
                     setattr(job.config.model, k, fix(f"{where}.model.{k}", v))
         for role, d in list(job.data.items()):
             job.data[role] = d.model_copy(update={"source": fix(f"{where}.data.{role}", d.source)})
-        if job.config.method == "command":   # a script's arguments may name an upstream job's outputs
-            job.method_params["argv"] = [fix(f"{where}.params.argv", a) for a in job.method_params["argv"]]
+        for key in METHODS[job.config.method].ref_params:   # a script's arguments may name an upstream job's outputs
+            job.method_params[key] = [fix(f"{where}.params.{key}", a) for a in job.method_params[key]]

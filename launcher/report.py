@@ -145,26 +145,10 @@ def collect(rd: RunDir) -> Report:
 
 # ---------------------------------------------------------------------------------------- results table
 
-def _poisoned(job: JobInfo) -> bool:
-    try:
-        return float(job.params.get("poison_ratio") or 0) > 0
-    except (TypeError, ValueError):
-        return False
-
-
 def reference(metric: str, evaluated: JobInfo) -> str:
     """The paper/seed value a reproduction should approach (METHODS.md), where one is known."""
-    m = evaluated.method
-    if metric == "HS":
-        if m == "lisa":
-            return "≈ 15 % (Lisa)"
-        if m == "sft":
-            return "≈ 50–80 % (SFT under attack)" if _poisoned(evaluated) else "low (safety baseline)"
-    if metric == "FA" and m in ("lisa", "sft"):
-        return "≈ 91–92 %"
-    if metric == "ASR" and m == "fabe":
-        return "≈ 15.1 % (from 93.6 % uncleaned)"
-    return ""
+    info = METHODS.get(evaluated.method)
+    return info.reference(metric, evaluated.params) if info else ""
 
 
 def _evaluated(job: JobInfo, by_name: dict[str, JobInfo]) -> JobInfo:

@@ -16,6 +16,7 @@ from launcher import atomic, pathcheck
 from launcher.layout import OUTPUTS, RunDir
 from launcher.plan import REF_RE, Job, Plan
 from launcher.spec import DataSource, JobFile
+from methods.registry import METHODS
 
 # TOKEN only as a whole word part (HF_TOKEN, hfToken, token): `tokenizer` or `max_new_tokens` are not secrets.
 SECRET_KEY_RE = re.compile(r"TOKEN(?![A-Z])|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|CREDENTIAL", re.I)
@@ -85,8 +86,8 @@ def job_file(plan: Plan, job: Job, rd: RunDir, attempt: int, resume_from: str | 
                 setattr(model, k, fill_refs(v, rd))
     data = {r: DataSource(**{**d.model_dump(), "source": fill_refs(d.source, rd)}) for r, d in job.data.items()}
     params = job.method_params
-    if job.config.method == "command":
-        params = {**params, "argv": [fill_refs(a, rd) for a in params["argv"]]}
+    for key in METHODS[job.config.method].ref_params:
+        params = {**params, key: [fill_refs(a, rd) for a in params[key]]}
     return JobFile(run_id=rd.root.name, job=job.name, method=job.config.method, params=params, model=model,
                    data=data, training=job.config.training, deepspeed=job.ds_config, checkpoint=job.config.checkpoint,
                    resources=job.config.resources, job_dir=str(rd.job(job.name).root), attempt=attempt,

@@ -18,6 +18,11 @@ class Params(BaseModel):
         """The job's duration where its parameters fix it; None for real training (learned)."""
         return None
 
+    @classmethod
+    def ranks_per_node(cls, params: dict, gpus_per_node: int) -> int:
+        """Processes the launcher starts on each node (the plan's params as loaded): one per GPU."""
+        return gpus_per_node
+
 
 class SFTParams(Params):
     """Supervised fine-tuning with the prompt masked out of the loss; optionally the harmful
@@ -207,12 +212,17 @@ class CommandParams(Params):
     read from what it does anyway: its output, its files, its CPU and GPU time."""
 
     # Not required by the schema (a plan's defaults.params may leave it to each job); the loader
-    # refuses a command job without one (launcher/commandjob.py).
+    # refuses a command job without one (methods/command_plan.py).
     argv: list[str] = Field(default_factory=list, description="the command, one item per argument (no shell): "
                                                            "{dir} is the job's directory, {rank} the rank, {env:NAME} "
                                                            "a variable of the job's env; {nnodes}, {node_rank}, "
                                                            "{nproc_per_node}, {master_addr}, {master_port} for a "
                                                            "launcher line")
+    @classmethod
+    def ranks_per_node(cls, params: dict, gpus_per_node: int) -> int:
+        # single: the node's one process is the script's own launcher, which starts the workers
+        return 1 if params.get("launcher") == "single" else gpus_per_node
+
     launcher: Literal["per_rank", "single"] = Field(
         "per_rank", description="per_rank: one process per GPU with torchrun's environment; single: one process per "
                                 "node that sees all the node's GPUs and starts its own workers (torchrun, deepspeed, "

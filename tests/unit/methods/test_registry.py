@@ -34,3 +34,39 @@ def test_a_lisa_job_is_named_by_its_poison_ratio_and_rho() -> None:
     assert METHODS["sft"].shown_params == ("poison_ratio",)
     assert all(k in m.params.model_fields for m in METHODS.values() for k in m.shown_params)
 
+
+
+def test_a_command_job_with_its_own_launcher_is_one_process_per_node() -> None:
+    assert METHODS["command"].ranks_per_node({"launcher": "single"}, 4) == 1
+    assert METHODS["command"].ranks_per_node({"launcher": "per_rank"}, 4) == 4
+    assert METHODS["sft"].ranks_per_node({}, 4) == 4
+
+
+def test_only_a_script_keeps_its_own_checkpoints_flags_and_output_references() -> None:
+    own = {n for n, m in METHODS.items() if m.own_checkpoints or not m.scales_micro_batch or m.ref_params or m.prepare}
+    assert own == {"command"}
+    assert all(k in m.params.model_fields for m in METHODS.values() for k in m.ref_params)
+
+
+def test_paper_references_by_metric_and_whether_the_job_trained_on_harmful_data() -> None:
+    assert METHODS["lisa"].reference("HS", {"poison_ratio": 0.2}) == "≈ 15 % (Lisa)"
+    assert METHODS["sft"].reference("HS", {"poison_ratio": 0.2}) == "≈ 50–80 % (SFT under attack)"
+    assert METHODS["sft"].reference("HS", {"poison_ratio": 0}) == "low (safety baseline)"
+    assert METHODS["sft"].reference("FA", {}) == "≈ 91–92 %"
+    assert METHODS["fabe"].reference("ASR", {}) == "≈ 15.1 % (from 93.6 % uncleaned)"
+    assert METHODS["steermoe"].reference("HS", {}) == ""
+
+
+def test_no_launcher_file_compares_a_method_name() -> None:
+    """What a method needs from the launcher is in its MethodInfo, so a new method is one registry
+    entry: no comparison with a method's name (`== "command"`, `in ("lisa", "sft")`) under launcher/."""
+    names = set(METHODS)
+    found = []
+    for path in sorted((REPO / "launcher").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [c for c in [node.left, *node.comparators] for c in ast.walk(c)
+                          if isinstance(c, ast.Constant) and c.value in names]
+                if consts:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found
