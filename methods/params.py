@@ -218,11 +218,6 @@ class CommandParams(Params):
                                                            "a variable of the job's env; {nnodes}, {node_rank}, "
                                                            "{nproc_per_node}, {master_addr}, {master_port} for a "
                                                            "launcher line")
-    @classmethod
-    def ranks_per_node(cls, params: dict, gpus_per_node: int) -> int:
-        # single: the node's one process is the script's own launcher, which starts the workers
-        return 1 if params.get("launcher") == "single" else gpus_per_node
-
     launcher: Literal["per_rank", "single"] = Field(
         "per_rank", description="per_rank: one process per GPU with torchrun's environment; single: one process per "
                                 "node that sees all the node's GPUs and starts its own workers (torchrun, deepspeed, "
@@ -239,3 +234,8 @@ class CommandParams(Params):
                                               "a rank spinning in a stuck collective")
     cpu_floor: float = Field(0.02, ge=0, description="cpu: CPU seconds per second of the rank's process tree below "
                                                      "which it counts as idle")
+
+    @classmethod
+    def ranks_per_node(cls, params: dict, gpus_per_node: int) -> int:
+        # single: the node's one process is the script's own launcher, which starts the workers
+        return 1 if params.get("launcher") == "single" else gpus_per_node

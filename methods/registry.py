@@ -53,8 +53,8 @@ class MethodInfo:
         """The paper/seed value (METHODS.md) a job evaluating this one should approach, or ''."""
         try:
             clean = float(params.get("poison_ratio") or 0) <= 0
-        except (TypeError, ValueError):
-            clean = False
+        except (TypeError, ValueError):   # unreadable: no harmful data counted, as before
+            clean = True
         table = dict(self.references)
         if clean:
             table.update(self.clean_references)
