@@ -49,11 +49,15 @@ def _attempt(job: JobFile, dies: bool) -> None:
 
 def _exit(trackers: list[str], exit_code: int) -> None:
     """What a rank's exit does to its W&B run. Here, in one process, the run would stay active (HF's
-    callback leaves it open) and the next attempt would reuse it instead of resuming it by id."""
+    callback leaves it open) and the next attempt would reuse it instead of resuming it by id.
+    finish() returns before wandb-core has closed the run's stream (its debug-internal.log says
+    "stream: finishing up" after it), so the .wandb file could still lack records when read;
+    teardown() waits for the service to exit, as a rank's interpreter exit does."""
     if "wandb" in trackers:
         import wandb
 
         wandb.finish(exit_code=exit_code)
+        wandb.teardown()
 
 
 def two_attempts(tmp_path: Path, trackers: list[str]) -> JobDir:
