@@ -67,7 +67,9 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("sft", P.SFTParams, "methods.sft", required_data=("train",), optional_data=("harmful", "eval"),
                    outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio",),
                    references=(("HS", "≈ 50–80 % (SFT under attack)"), ("FA", "≈ 91–92 %")),
-                   clean_references=(("HS", "low (safety baseline)"),)),
+                   # Without harmful data an sft job may be an alignment stage that never saw the task,
+                   # so no FA value is claimed for it (the demo's stage1_fa would read 0 against 91 %).
+                   clean_references=(("HS", "low (safety baseline)"), ("FA", ""))),
         MethodInfo("lisa", P.LisaParams, "methods.lisa", required_data=("train", "guide"), optional_data=("harmful", "eval"),
                    outputs=("dir", "result", "metrics", "checkpoints", "adapter"), shown_params=("poison_ratio", "rho"),
                    shown_if_zero=("rho",), references=(("HS", "≈ 15 % (Lisa)"), ("FA", "≈ 91–92 %"))),

@@ -52,7 +52,8 @@ def test_paper_references_by_metric_and_whether_the_job_trained_on_harmful_data(
     assert METHODS["lisa"].reference("HS", {"poison_ratio": 0.2}) == "≈ 15 % (Lisa)"
     assert METHODS["sft"].reference("HS", {"poison_ratio": 0.2}) == "≈ 50–80 % (SFT under attack)"
     assert METHODS["sft"].reference("HS", {"poison_ratio": 0}) == "low (safety baseline)"
-    assert METHODS["sft"].reference("FA", {}) == "≈ 91–92 %"
+    assert METHODS["sft"].reference("FA", {"poison_ratio": 0.2}) == "≈ 91–92 %"
+    assert METHODS["sft"].reference("FA", {}) == ""   # perhaps an alignment stage that never saw the task
     assert METHODS["fabe"].reference("ASR", {}) == "≈ 15.1 % (from 93.6 % uncleaned)"
     assert METHODS["steermoe"].reference("HS", {}) == ""
 
