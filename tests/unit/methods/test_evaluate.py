@@ -272,7 +272,7 @@ def test_eval_jobs_write_results_and_seed_files(tmp_path):
     model = ModelSpec(tiny="llama", seed=3, adapter=str(stage))
     params = {"template": "alpaca", "num_samples": 5, "batch_size": 2, "max_new_tokens": 5}
     assert evaluate.run_eval_hs(make_job(hs_dir, method="eval_hs", params=params, model=model,
-                                 data={"eval": DataSource(source=str(DATA / "hs_prompts.jsonl"))})) == 0
+                                         data={"eval": DataSource(source=str(DATA / "hs_prompts.jsonl"))})) == 0
     res = json.loads((hs_dir / "result.json").read_text())
     assert res["status"] == "succeeded" and res["judge"] == res["judge_info"]["name"] == "refusal_keywords"
     assert res["model"]["adapters"] == [str(stage)]
@@ -288,8 +288,8 @@ def test_eval_jobs_write_results_and_seed_files(tmp_path):
 
     mod = tiny_moderation(tmp_path / "mod", scale=40.0)
     assert evaluate.run_eval_hs(make_job(tmp_path / "hs_mod", method="eval_hs", model=model,
-                                 params={**params, "moderation_model": str(mod), "output_name": "x_sft"},
-                                 data={"eval": DataSource(source=str(DATA / "hs_prompts.jsonl"))})) == 0
+                                         params={**params, "moderation_model": str(mod), "output_name": "x_sft"},
+                                         data={"eval": DataSource(source=str(DATA / "hs_prompts.jsonl"))})) == 0
     res_mod = json.loads((tmp_path / "hs_mod" / "result.json").read_text())
     assert res_mod["judge"] == f"moderation ({mod})" and res_mod["judge_info"]["threshold"] == 0.5
     assert set(res_mod["metrics"]) == {"hs", "n"} and "official: fp32" in res_mod["judge_info"]["detail"]
@@ -298,7 +298,7 @@ def test_eval_jobs_write_results_and_seed_files(tmp_path):
     assert all(isinstance(e["violoate_catogory:"], list) for e in evals_mod[:-1])
 
     assert evaluate.run_eval_fa(make_job(fa_dir, method="eval_fa", params={**params, "max_new_tokens": 3}, model=model,
-                                 data={"eval": DataSource(source=str(DATA / "sst2_eval.jsonl"))})) == 0
+                                         data={"eval": DataSource(source=str(DATA / "sst2_eval.jsonl"))})) == 0
     res = json.loads((fa_dir / "result.json").read_text())
     out = json.loads((fa_dir / "stage1").read_text())
     correct = sum(o["correct"] == "true" for o in out[:-1])
