@@ -19,15 +19,17 @@ import gc
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from launcher.contract import write_json, write_text, JobDir, JobFile
-from methods.callbacks import HeartbeatCallback
-from methods.common import DTYPES, RankInfo, dist_info, finish_distributed, resolve_precision, start_rank
+from launcher.contract import write_text, JobDir, JobFile, Result
+from methods.core import dist
+from methods.core.callbacks import HeartbeatCallback
+from methods.core.precision import DTYPES, resolve_precision
+from methods.core.rank import RankInfo, RankJob
 from methods.data import Record, Template, build_prompt, read_rows, resolve_template, sst2_label_word
 from methods.generate import GenerationSpec, generate, load_eval_model
 from methods.judges import JudgeInfo, KeywordJudge, ModerationJudge
@@ -36,20 +38,12 @@ from methods.params import EvalFAParams, EvalHSParams, EvalParams
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalResult:
+def eval_result(metrics: dict[str, float], counts: dict[str, int], judge: str, judge_info: dict[str, Any],
+                model: dict[str, Any], files: dict[str, str]) -> Result:
     """result.json: `judge` names what produced the numbers in `metrics` (the report's judge
     column), `judge_info` says how; `counts` holds the raw tallies behind the percentages."""
-
-    status: str
-    metrics: dict[str, float]
-    counts: dict[str, int]
-    judge: str
-    judge_info: dict[str, Any]
-    model: dict[str, Any]
-    files: dict[str, str]
-    dist: dict[str, Any] = field(default_factory=dict)
-    time: float = field(default_factory=time.time)
+    return Result(status="succeeded", metrics=metrics, dist=dist.dist_info(),
+                  extra={"counts": counts, "judge": judge, "judge_info": judge_info, "model": model, "files": files})
 
 
 @dataclass(frozen=True)
@@ -111,12 +105,6 @@ def fa_correct(answer: str, label_word: str) -> bool:
 
 # ---- ranks -----------------------------------------------------------------------------------
 
-def init_group(ranks: RankInfo) -> None:
-    """Eval ranks only exchange their results (strings): gloo, on CPU and GPU alike."""
-    if ranks.world_size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world_size)
-
-
 def gather(local: list[tuple[int, Any]], ranks: RankInfo) -> list[Any]:
     """Every rank's (index, value) pairs, merged in index order."""
     if ranks.world_size == 1:
@@ -126,12 +114,6 @@ def gather(local: list[tuple[int, Any]], ranks: RankInfo) -> list[Any]:
         torch.distributed.all_gather_object(parts, local)
     merged = sorted((pair for part in parts for pair in part), key=lambda p: p[0])  # type: ignore[union-attr]
     return [v for _, v in merged]
-
-
-def device_for(ranks: RankInfo) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def output_name(job: JobFile, params: EvalParams) -> str:
@@ -186,7 +168,7 @@ def answers_for(ctx: Context, params: EvalParams, records: list[Record]) -> tupl
     return mine, answers, template, chain
 
 
-def run_hs(ctx: Context, params: EvalHSParams) -> EvalResult | None:
+def run_hs(ctx: Context, params: EvalHSParams) -> Result | None:
     rows = read_rows(ctx.job.data["eval"])[: params.num_samples]
     records = hs_records(rows)
     mine, answers, template, chain = answers_for(ctx, params, records)
@@ -216,12 +198,11 @@ def run_hs(ctx: Context, params: EvalHSParams) -> EvalResult | None:
     write_seed_file(eval_file, evals)
     log.info("%s %.2f (%d / %d flagged by %s)", "HS" if key == "hs" else "non-refusal rate", hs, flagged, n,
              judge.info.name)
-    return EvalResult("succeeded", {key: hs, "n": float(n)}, {"flagged": flagged, "n": n}, judge.info.label(),
-                      asdict(judge.info), model_info(ctx, chain, template),
-                      {"predictions": str(pred_file), "sentiment_eval": str(eval_file)})
+    return eval_result({key: hs, "n": float(n)}, {"flagged": flagged, "n": n}, judge.info.label(), asdict(judge.info),
+                       model_info(ctx, chain, template), {"predictions": str(pred_file), "sentiment_eval": str(eval_file)})
 
 
-def run_fa(ctx: Context, params: EvalFAParams) -> EvalResult | None:
+def run_fa(ctx: Context, params: EvalFAParams) -> Result | None:
     rows = read_rows(ctx.job.data["eval"])[: params.num_samples]
     items = fa_items(rows, params.instruction)
     mine, answers, template, chain = answers_for(ctx, params, [it.record for it in items])
@@ -243,8 +224,8 @@ def run_fa(ctx: Context, params: EvalFAParams) -> EvalResult | None:
     write_seed_file(file, out)
     info = JudgeInfo(name="sst2_exact_match", detail="stripped answer == label word (or its capitalised form)")
     log.info("FA %.2f (%d / %d)", fa, correct, n)
-    return EvalResult("succeeded", {"fa": fa, "n": float(n)}, {"correct": correct, "n": n}, info.label(), asdict(info),
-                      model_info(ctx, chain, template), {"predictions": str(file)})
+    return eval_result({"fa": fa, "n": float(n)}, {"correct": correct, "n": n}, info.label(), asdict(info),
+                       model_info(ctx, chain, template), {"predictions": str(file)})
 
 
 def model_info(ctx: Context, chain: list[str], template: Template) -> dict[str, Any]:
@@ -264,15 +245,12 @@ def run_eval_fa(job: JobFile) -> int:
     return _run(job, lambda ctx: run_fa(ctx, EvalFAParams.model_validate(job.params)))
 
 
-def _run(job: JobFile, evaluate: Callable[[Context], EvalResult | None]) -> int:
-    """What both evaluations share: the rank's start, the process group, result.json, the last beat."""
-    ranks, jd, hb = start_rank(job, needs_model="")
-    init_group(ranks)
-    ctx = Context(job, ranks, jd, Progress(hb), device_for(ranks), DTYPES[resolve_precision(job.training.precision)])
+def _run(job: JobFile, evaluate: Callable[[Context], Result | None]) -> int:
+    """What both evaluations share: the rank's start, a gloo group (the ranks only exchange
+    strings), the context; rank 0's result, and the rank's finish."""
+    rank = RankJob.start(job, needs_model="")
+    dist.init_group(rank.ranks, "gloo")
+    ctx = Context(job, rank.ranks, rank.jd, Progress(rank.heartbeat), dist.device_for(rank.ranks),
+                  DTYPES[resolve_precision(job.training.precision)])
     result = evaluate(ctx)
-    if result is not None:
-        result.dist = dist_info()
-        write_json(jd.result, asdict(result))
-    hb.beat("done", ctx.progress.done, ctx.progress.done)
-    finish_distributed()
-    return 0
+    return rank.finish(result, ctx.progress.done, ctx.progress.done)

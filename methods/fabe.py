@@ -17,9 +17,9 @@ import torch
 from transformers import set_seed
 
 from launcher.contract import JobFile
-from methods.callbacks import CheckpointCallback, MetricsCallback, SampleRecorder, barrier
-from methods.common import (DTYPES, MethodTrainer, Result, dist_info, finish_distributed, numeric, resolve_precision,
-                            start_rank, training_arguments, write_result)
+from methods.core.precision import DTYPES, resolve_precision
+from methods.core.rank import RankJob
+from methods.core.training import MethodTrainer, finish_training, training_arguments
 from methods.data import IGNORE_INDEX, read_rows, resolve_template
 from methods.fabe_data import (SHARED_PROMPT_ATTENTION, RankedCollator, RankedDataset, packed_attention_mask,
                                to_ranked_records)
@@ -154,7 +154,7 @@ def use_shared_prompt(requested: bool, attn: str, model: torch.nn.Module) -> tup
 
 
 def run(job: JobFile) -> int:
-    ranks, jd, heartbeat = start_rank(job, needs_model="")
+    rank = RankJob.start(job, needs_model="")
     params = FABEParams.model_validate(job.params)
     precision = resolve_precision(job.training.precision)
     has_eval = "eval" in job.data
@@ -183,7 +183,6 @@ def run(job: JobFile) -> int:
     log.info("template %s, %s loss, MLE on %s, %s prompt: %d samples x %d candidates", template, params.ranking_loss,
              params.mle_on, "shared" if shared else "per-candidate", len(train_ds), len(records[0].candidates))
 
-    recorder = SampleRecorder(jd.seen / f"samples-rank-{ranks.rank}.attempt-{job.attempt}.jsonl", train_ds.sample_ids)
     trainer = FABETrainer(
         model=model,
         args=args,
@@ -191,25 +190,11 @@ def run(job: JobFile) -> int:
         eval_dataset=eval_ds,
         data_collator=RankedCollator(tokenizer.pad_token_id, shared_prompt=shared),
         processing_class=tokenizer,
-        callbacks=[CheckpointCallback(jd.checkpoints, job.checkpoint.keep, ranks.rank), heartbeat,
-                   MetricsCallback(jd.metrics, job.attempt)],
-        recorder=recorder,
+        callbacks=rank.training_callbacks(),
+        recorder=rank.recorder(train_ds.sample_ids),
         loss_config=FABELossConfig.from_params(params),
         attn_implementation=attn,
     )
     out = trainer.train(resume_from_checkpoint=job.resume_from)
-    metrics = numeric(out.metrics) | {"global_step": float(out.global_step)}
-
-    adapter = None
-    if params.save_adapter:
-        trainer.save_model(str(jd.adapter))  # collective under ZeRO-3; rank 0 writes
-        adapter = str(jd.adapter)
-    dist = dist_info(model)
-    barrier()
-    if ranks.rank == 0:
-        start = job.model.adapter
-        write_result(job, Result(status="succeeded", metrics=metrics, adapter=adapter, dist=dist, start_adapter=start,
-                                 start_adapter_mode=job.model.adapter_mode if start else None))
-    heartbeat.beat("done", out.global_step)
-    finish_distributed()
-    return 0
+    return finish_training(rank, trainer, out, save_to=rank.jd.adapter if params.save_adapter else None, adapter=True,
+                           model=model)

@@ -34,11 +34,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from launcher.contract import write_text, JobFile
+from launcher.contract import write_text, JobFile, Result
 from methods.bleu import Tokenisation, corpus_bleu
-from methods.common import DTYPES, Result, dist_info, resolve_precision, start_rank, write_result
+from methods.core.dist import device_for, dist_info, gather_objects, init_group
+from methods.core.precision import DTYPES, resolve_precision
+from methods.core.rank import RankJob
 from methods.data import Record, build_prompt, read_rows, resolve_template
-from methods.dist_utils import gather_objects, init_if_needed, shutdown
 from methods.diverse_beam import group_beam_search
 from methods.fabe_data import prompt_ids
 from methods.fabe_vote_params import FABEVictimParams
@@ -240,11 +241,12 @@ def vote_predictions(cases: Sequence[CleanerCase], rewrites: Sequence[tuple[list
 
 
 def run(job: JobFile) -> int:
-    ranks, jd, heartbeat = start_rank(job, needs_model=" (the cleaner: base model + its adapter)")
+    rank = RankJob.start(job, needs_model=" (the cleaner: base model + its adapter)")
+    ranks, heartbeat = rank.ranks, rank.heartbeat
     params = FABEEvalParams.model_validate(job.params)
-    init_if_needed(ranks)
+    init_group(ranks)
     precision = resolve_precision(job.training.precision)
-    device = torch.device(f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = device_for(ranks)
     # The cleaner = base + its adapter chain (e.g. ${fabe.adapter}, after any start adapter), merged.
     model, tokenizer, chain = load_eval_model(job.model, DTYPES[precision], device)
     template = resolve_template(params.template, tokenizer)
@@ -273,16 +275,14 @@ def run(job: JobFile) -> int:
                                  on_batch=heartbeat.advance)
         local = vote_predictions(mine, rewrites, victim, victim_tok, v, params.case_sensitive, device)
     preds = sorted(gather_objects(local), key=lambda p: p.index)
-    dist = dist_info()
+    result = None
     if ranks.rank == 0:
         metrics = cleaner_metrics(preds, params.bleu_tokenisation)
         if v is not None:
             metrics.update(victim_metrics(preds, v.target_label))
             metrics["judge"] = f"victim {Path(v.model).name}"
-        write_text(jd.root / PREDICTIONS, "".join(json.dumps(asdict(p)) + "\n" for p in preds))
-        write_result(job, Result(status="succeeded", metrics=metrics, dist=dist))
+        write_text(rank.jd.root / PREDICTIONS, "".join(json.dumps(asdict(p)) + "\n" for p in preds))
+        result = Result(status="succeeded", metrics=metrics, dist=dist_info())
         log.info("adapters merged: %s", chain or "none")
         log.info("cleaner metrics: %s", json.dumps(metrics))
-    heartbeat.beat("done", len(cases), len(cases))
-    shutdown()
-    return 0
+    return rank.finish(result, len(cases), len(cases))

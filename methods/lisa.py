@@ -22,13 +22,12 @@ from typing import Any
 import torch
 
 from launcher.contract import write_json, JobFile
-from methods.callbacks import SampleRecorder
-from methods.common import MethodTrainer
+from methods.core.training import MethodTrainer, finish_training
 from methods.data import SFTCollator, SFTDataset, role_rows, to_records
 from methods.lisa_state import (STATE_FILE, STATE_VERSION, GuidePosition, GuideStream, LisaSchedule, Mode, drift,
                                 tensor_digest)
 from methods.params import LisaParams
-from methods.sft import Setup, callbacks, finish, setup
+from methods.sft import Setup, setup
 from methods.zero import gathered, snapshot
 
 log = logging.getLogger(__name__)
@@ -196,16 +195,15 @@ def build(job: JobFile) -> tuple[Setup, LisaTrainer]:
         guide_records = to_records(role_rows(job.data, "guide"), "guide")[: params.guide_data_num]
         guide_ds = SFTDataset.from_records(guide_records, s.template, s.tokenizer, job.training.max_length)
         log.info("guide data: %d samples", len(guide_ds))
-    recorder = SampleRecorder(s.jd.seen / f"samples-rank-{s.ranks.rank}.attempt-{job.attempt}.jsonl",
-                              s.train_ds.sample_ids + (guide_ds.sample_ids if guide_ds is not None else []))
+    recorder = s.rank.recorder(s.train_ds.sample_ids + (guide_ds.sample_ids if guide_ds is not None else []))
     trainer = LisaTrainer(model=s.model, args=s.args, train_dataset=s.train_ds, eval_dataset=s.eval_ds,
                           data_collator=SFTCollator(s.tokenizer.pad_token_id), processing_class=s.tokenizer,
-                          callbacks=callbacks(job, s), recorder=recorder, lisa=params, guide_ds=guide_ds,
-                          guide_offset=len(s.train_ds), rank=s.ranks.rank, world_size=s.ranks.world_size)
+                          callbacks=s.rank.training_callbacks(), recorder=recorder, lisa=params, guide_ds=guide_ds,
+                          guide_offset=len(s.train_ds), rank=s.rank.rank, world_size=s.rank.ranks.world_size)
     if job.resume_from:
         summary = state_summary(trainer.load_lisa_state(job.resume_from))
         log.info("Lisa state restored from %s: %s", job.resume_from, summary)
-        write_json(s.jd.seen / f"lisa-restored-rank-{s.ranks.rank}.attempt-{job.attempt}.json", summary)
+        write_json(s.rank.jd.seen / f"lisa-restored-rank-{s.rank.rank}.attempt-{job.attempt}.json", summary)
     return s, trainer
 
 
@@ -215,4 +213,5 @@ def run(job: JobFile) -> int:
     sched = trainer.schedule
     extra = {"lisa_steps": float(sched.steps), "lisa_switches": float(sched.switches),
              "lisa_final_alignment": float(sched.mode == "alignment")}
-    return finish(job, s, trainer, out, trainer.lisa.save_adapter, extra)
+    return finish_training(s.rank, trainer, out, save_to=s.rank.jd.adapter if trainer.lisa.save_adapter else None,
+                           adapter=True, model=s.model, extra_metrics=extra)

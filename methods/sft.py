@@ -11,10 +11,10 @@ from typing import Any
 
 from transformers import set_seed
 
-from launcher.contract import JobDir, JobFile
-from methods.callbacks import CheckpointCallback, HeartbeatCallback, MetricsCallback, SampleRecorder, barrier
-from methods.common import (DTYPES, MethodTrainer, RankInfo, Result, dist_info, finish_distributed, numeric,
-                            resolve_precision, start_rank, training_arguments, write_result)
+from launcher.contract import JobFile
+from methods.core.precision import DTYPES, resolve_precision
+from methods.core.rank import RankJob
+from methods.core.training import MethodTrainer, finish_training, training_arguments
 from methods.data import SFTCollator, SFTDataset, Template, read_rows, resolve_template, sft_records, to_records
 from methods.models import attach_adapters, load_base_model, load_tokenizer, trainable_parameters
 from methods.params import SFTParams
@@ -26,9 +26,7 @@ log = logging.getLogger(__name__)
 class Setup:
     """What a prompt-masked fine-tuning rank builds before its Trainer (shared with Lisa)."""
 
-    ranks: RankInfo
-    jd: JobDir
-    heartbeat: HeartbeatCallback
+    rank: RankJob
     args: Any  # TrainingArguments
     tokenizer: Any
     model: Any
@@ -38,7 +36,7 @@ class Setup:
 
 
 def setup(job: JobFile, params: SFTParams) -> Setup:
-    ranks, jd, heartbeat = start_rank(job, needs_model="")
+    rank = RankJob.start(job, needs_model="")
     precision = resolve_precision(job.training.precision)
     has_eval = "eval" in job.data
     args = training_arguments(job, precision, has_eval)  # before the model: ZeRO-3 partitions at load
@@ -61,46 +59,18 @@ def setup(job: JobFile, params: SFTParams) -> Setup:
                                           job.training.max_length)
     log.info("template %s: %d training samples%s", template, len(train_ds),
              f", {len(eval_ds)} eval samples" if eval_ds is not None else "")
-    return Setup(ranks, jd, heartbeat, args, tokenizer, model, template, train_ds, eval_ds)
-
-
-def callbacks(job: JobFile, s: Setup) -> list:
-    # CheckpointCallback before HeartbeatCallback: the phase stays "saving" until the marker exists.
-    return [CheckpointCallback(s.jd.checkpoints, job.checkpoint.keep, s.ranks.rank), s.heartbeat,
-            MetricsCallback(s.jd.metrics, job.attempt)]
-
-
-def finish(job: JobFile, s: Setup, trainer: MethodTrainer, out: Any, save_adapter: bool,
-           extra_metrics: dict[str, float] | None = None) -> int:
-    metrics = numeric(out.metrics) | {"global_step": float(out.global_step)} | (extra_metrics or {})
-    adapter = None
-    if save_adapter:
-        # Every rank calls save_model: under ZeRO-3 it gathers the partitioned weights collectively;
-        # only rank 0 writes (the LoRA adapter via PEFT's save_pretrained, plus the tokenizer).
-        trainer.save_model(str(s.jd.adapter))
-        adapter = str(s.jd.adapter)
-    dist = dist_info(s.model)
-    barrier()
-    if s.ranks.rank == 0:
-        assert job.model is not None
-        start = job.model.adapter
-        write_result(job, Result(status="succeeded", metrics=metrics, adapter=adapter, dist=dist, start_adapter=start,
-                                 start_adapter_mode=job.model.adapter_mode if start else None))
-    s.heartbeat.beat("done", out.global_step)
-    finish_distributed()
-    return 0
+    return Setup(rank, args, tokenizer, model, template, train_ds, eval_ds)
 
 
 def run(job: JobFile) -> int:
     params = SFTParams.model_validate(job.params)
     s = setup(job, params)
-    recorder = SampleRecorder(s.jd.seen / f"samples-rank-{s.ranks.rank}.attempt-{job.attempt}.jsonl",
-                              s.train_ds.sample_ids)
     trainer = MethodTrainer(model=s.model, args=s.args, train_dataset=s.train_ds, eval_dataset=s.eval_ds,
                             data_collator=SFTCollator(s.tokenizer.pad_token_id), processing_class=s.tokenizer,
-                            callbacks=callbacks(job, s), recorder=recorder)
+                            callbacks=s.rank.training_callbacks(), recorder=s.rank.recorder(s.train_ds.sample_ids))
     # With DeepSpeed the Trainer reloads the engine state (LoRA weights, ZeRO optimizer shards, RNG,
     # scheduler) with load_module_strict=False for PEFT models; checked on CPU for ZeRO-2 and ZeRO-3:
     # the resumed steps replay the first attempt's batches and losses exactly.
     out = trainer.train(resume_from_checkpoint=job.resume_from)
-    return finish(job, s, trainer, out, params.save_adapter)
+    return finish_training(s.rank, trainer, out, save_to=s.rank.jd.adapter if params.save_adapter else None,
+                           adapter=True, model=s.model)

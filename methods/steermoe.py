@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from launcher.contract import JobFile
-from methods.callbacks import CheckpointCallback, MetricsCallback, SampleRecorder, barrier
-from methods.common import (DTYPES, MethodTrainer, Result, dist_info, finish_distributed, numeric, resolve_precision,
-                            start_rank, training_arguments, write_result)
+from methods.core.precision import DTYPES, resolve_precision
+from methods.core.rank import RankJob
+from methods.core.training import MethodTrainer, finish_training, training_arguments
 from methods.data import SFTCollator, SFTDataset, read_rows, resolve_template
 from methods.models import load_base_model, load_tokenizer
 from methods.params import SteerMoEParams
@@ -197,7 +197,7 @@ class SteerMoETrainer(MethodTrainer):
 # ---- the job ------------------------------------------------------------------------------------
 
 def run(job: JobFile) -> int:
-    ranks, jd, heartbeat = start_rank(job, needs_model=" (a mixture of experts, e.g. OLMoE)")
+    rank = RankJob.start(job, needs_model=" (a mixture of experts, e.g. OLMoE)")
     params = SteerMoEParams.model_validate(job.params)
     per_batch = params.safe_per_batch + params.unsafe_per_batch
     if job.training.batch_size != per_batch:
@@ -213,7 +213,7 @@ def run(job: JobFile) -> int:
     model = load_base_model(job.model, tokenizer, DTYPES[precision])
     samples = batches_from_rows(read_rows(job.data["train"]), params.safe_per_batch, params.unsafe_per_batch,
                                 same_prompt=params.tokens == "target")
-    own = jd.root / EXPERTS_FILE
+    own = rank.jd.root / EXPERTS_FILE
     # A resumed attempt keeps the experts its checkpoint trained (on GPUs a re-run analysis might differ).
     source = job.data["experts"].source if "experts" in job.data else (str(own) if job.resume_from and own.is_file() else None)
     if source is not None:
@@ -222,9 +222,9 @@ def run(job: JobFile) -> int:
             raise ValueError("the analysis file was made from other batches (data, safe/unsafe_per_batch differ)")
         log.info("experts from %s", source)
     else:
-        heartbeat.beat("evaluating")
+        rank.heartbeat.beat("evaluating")
         model.to(args.device)
-        analysis = run_analysis(job, params, model, tokenizer, samples, ranks, on_batch=heartbeat.advance)
+        analysis = run_analysis(job, params, model, tokenizer, samples, rank.ranks, on_batch=rank.heartbeat.advance)
     setup = freeze_all_but_experts(model, selected_pairs(analysis))
     before = frozen_fingerprint(model, setup)
     total = sum(p.numel() for p in model.parameters())
@@ -235,14 +235,11 @@ def run(job: JobFile) -> int:
 
     template = resolve_template(params.template, tokenizer)
     train_ds = SFTDataset.from_records(samples.records, template, tokenizer, job.training.max_length)
-    recorder = SampleRecorder(jd.seen / f"samples-rank-{ranks.rank}.attempt-{job.attempt}.jsonl", train_ds.sample_ids)
     trainer = SteerMoETrainer(
         model=model, args=args, train_dataset=train_ds, data_collator=SFTCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[CheckpointCallback(jd.checkpoints, job.checkpoint.keep, ranks.rank), heartbeat,
-                   MetricsCallback(jd.metrics, job.attempt)],
-        recorder=recorder, analysis_batches=samples.batches, shuffle_batches=params.shuffle_batches,
-        no_decay=list(setup.masks),
+        callbacks=rank.training_callbacks(), recorder=rank.recorder(train_ds.sample_ids),
+        analysis_batches=samples.batches, shuffle_batches=params.shuffle_batches, no_decay=list(setup.masks),
     )
     out = trainer.train(resume_from_checkpoint=job.resume_from)
     trained = trainer.accelerator.unwrap_model(trainer.model)
@@ -253,15 +250,8 @@ def run(job: JobFile) -> int:
     changed = sorted(k for k in before if before[k] != after.get(k))
     if changed:
         raise RuntimeError(f"frozen weights changed during training: {changed[:8]}")
-    metrics = numeric(out.metrics) | {"global_step": float(out.global_step), "experts_trained": float(len(setup.selected)),
-                                      "trainable_elements": float(setup.trainable_elements(model)),
-                                      "frozen_checked": float(len(before)), "frozen_changed": float(len(changed))}
-    if params.save_model:
-        trainer.save_model(str(jd.root / MODEL_DIR))  # every rank: collective under ZeRO-3; rank 0 writes
-    dist = dist_info()
-    barrier()
-    if ranks.rank == 0:
-        write_result(job, Result(status="succeeded", metrics=metrics, dist=dist))
-    heartbeat.beat("done", out.global_step)
-    finish_distributed()
-    return 0
+    extra = {"experts_trained": float(len(setup.selected)), "trainable_elements": float(setup.trainable_elements(model)),
+             "frozen_checked": float(len(before)), "frozen_changed": float(len(changed))}
+    # The whole model (the trained experts are its own weights, not an adapter).
+    return finish_training(rank, trainer, out, save_to=rank.jd.root / MODEL_DIR if params.save_model else None,
+                           adapter=False, extra_metrics=extra)

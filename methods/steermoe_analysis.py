@@ -27,9 +27,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from launcher.contract import write_json, JobFile
-from methods import dist_utils
-from methods.common import DTYPES, RankInfo, Result, dist_info, resolve_precision, start_rank, write_result
+from launcher.contract import write_json, JobFile, Result
+from methods.core import dist
+from methods.core.precision import DTYPES, resolve_precision
+from methods.core.rank import RankInfo, RankJob
 from methods.data import (IGNORE_INDEX, Record, SFTCollator, Template, build_prompt, encode_record, read_rows,
                           resolve_template)
 from methods.fabe_data import prompt_ids
@@ -193,9 +194,8 @@ def analyse(model: torch.nn.Module, tokenizer, samples: BatchedSamples, params: 
         if on_batch is not None:
             on_batch()   # the heartbeat's progress: a long analysis is watched batch by batch
     model.train(was_training)
-    if dist_utils.active():
-        device = torch.device(f"cuda:{ranks.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-        flat = dist_utils.all_reduce_sum(torch.cat([counts.activations.flatten(), counts.tokens]).to(device)).cpu()
+    if dist.active():
+        flat = dist.all_reduce_sum(torch.cat([counts.activations.flatten(), counts.tokens]).to(dist.device_for(ranks))).cpu()
         counts.activations = flat[:-2].view_as(counts.activations).clone()
         counts.tokens = flat[-2:].clone()
     return counts
@@ -271,20 +271,15 @@ def analysis_metrics(rep: dict[str, Any]) -> dict[str, float]:
 
 
 def run(job: JobFile) -> int:
-    ranks, jd, heartbeat = start_rank(job, needs_model="")
+    rank = RankJob.start(job, needs_model="")
     params = SteerMoEAnalysisParams.model_validate(job.params)
-    dist_utils.init_if_needed(ranks)
+    dist.init_group(rank.ranks)
     precision = resolve_precision(job.training.precision)
-    device = torch.device(f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(job.model)
-    model = load_base_model(job.model, tokenizer, DTYPES[precision]).to(device)
+    model = load_base_model(job.model, tokenizer, DTYPES[precision]).to(dist.device_for(rank.ranks))
     samples = batches_from_rows(read_rows(job.data["train"]), params.safe_per_batch, params.unsafe_per_batch,
                                 same_prompt=params.tokens == "target")
-    heartbeat.beat("evaluating", 0, len(samples.batches))
-    rep = run_analysis(job, params, model, tokenizer, samples, ranks, on_batch=heartbeat.advance)
-    dist = dist_info()
-    if ranks.rank == 0:
-        write_result(job, Result(status="succeeded", metrics=analysis_metrics(rep), dist=dist))
-    heartbeat.beat("done", len(samples.batches), len(samples.batches))
-    dist_utils.shutdown()
-    return 0
+    rank.heartbeat.beat("evaluating", 0, len(samples.batches))
+    rep = run_analysis(job, params, model, tokenizer, samples, rank.ranks, on_batch=rank.heartbeat.advance)
+    result = Result(status="succeeded", metrics=analysis_metrics(rep), dist=dist.dist_info())
+    return rank.finish(result, len(samples.batches), len(samples.batches))

@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
 
 from launcher.contract import JobDir, JobFile
-from methods.callbacks import HeartbeatCallback
+from methods.core.callbacks import HeartbeatCallback
 
 # Which package each tracker needs in the rank's environment (pip install safety-launcher[tracking]).
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}

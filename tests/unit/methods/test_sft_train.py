@@ -16,8 +16,8 @@ from launcher.atomic import read_jsonl
 from launcher.layout import JobDir
 from launcher.spec import CheckpointSpec, DataSource, LoraSpec, ModelSpec
 from methods import sft
-from methods.callbacks import CheckpointCallback, HeartbeatCallback, MetricsCallback, SampleRecorder
-from methods.common import MethodTrainer, training_arguments
+from methods.core.callbacks import CheckpointCallback, HeartbeatCallback, MetricsCallback, SampleRecorder
+from methods.core.training import MethodTrainer, training_arguments
 from methods.data import SFTCollator, SFTDataset, read_rows, to_records
 from methods.models import attach_adapters, load_base_model, load_tokenizer
 from tests.helpers import DATA, make_job, save_random_adapter, tiny_training

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from launcher.spec import DataSource
-from methods.common import RankInfo
+from methods.core.rank import RankInfo
 from methods.data import Record, build_prompt, read_rows
 from methods.models import byte_tokenizer, tiny_model
 from methods.params import SteerMoEAnalysisParams

@@ -162,7 +162,7 @@ def test_training_reads_an_analysis_file_and_checks_its_batches(tmp_path):
 
 
 def test_weight_decay_is_zero_on_masked_expert_tensors(tmp_path):
-    from methods.common import training_arguments
+    from methods.core.training import training_arguments
     from methods.data import Record, SFTCollator, SFTDataset
 
     model = tiny_model("olmoe", byte_tokenizer(), {}, seed=1)

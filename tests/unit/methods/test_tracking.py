@@ -11,7 +11,7 @@ from launcher.heartbeat import Heartbeat
 from launcher.layout import JobDir
 from launcher.spec import TrainingSpec
 from methods import tracking
-from methods.callbacks import HeartbeatCallback
+from methods.core.callbacks import HeartbeatCallback
 
 JD = JobDir(Path("/runs/r1/jobs/sft"))
 

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from launcher.layout import JobDir
 from launcher.spec import CheckpointSpec, JobFile
 from methods import sft, tracking
-from methods.common import MethodTrainer
+from methods.core.training import MethodTrainer
 from methods.data import SFTCollator
 from methods.params import SFTParams
 from tests.helpers import make_job, tiny_training
@@ -43,7 +43,7 @@ def _attempt(job: JobFile, dies: bool) -> None:
     extra = [Dies()] if dies else []
     trainer = MethodTrainer(model=s.model, args=s.args, train_dataset=s.train_ds,
                             data_collator=SFTCollator(s.tokenizer.pad_token_id), processing_class=s.tokenizer,
-                            callbacks=sft.callbacks(job, s) + extra)
+                            callbacks=s.rank.training_callbacks() + extra)
     trainer.train(resume_from_checkpoint=job.resume_from)
 
 

@@ -1,84 +1,27 @@
-"""What every Trainer-based method shares: rank identity, precision, TrainingArguments from the
-TrainingSpec, a Trainer that records the samples each rank trained on, and the result file."""
+"""What every Trainer-based recipe shares: precision, TrainingArguments from the TrainingSpec, a
+Trainer that records the samples each rank trained on, and the end of training (the save, the
+result, the rank's finish)."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
 
 from launcher.contract import JobDir, JobFile, Result
-from launcher.contract import write_result as contract_write_result
-from methods import jit_ops, tracking
-from methods.callbacks import HeartbeatCallback, SampleRecorder
-from methods.model_cache import converted_gguf, resolve_gguf
+from methods import tracking
+from methods.core.callbacks import SampleRecorder
+from methods.core.dist import dist_info
+from methods.core.precision import Precision
+from methods.core.rank import RankInfo, RankJob
 from methods.models import TRAINABLE_ADAPTER
-from methods.zero import partition_summary
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["bf16", "fp16", "fp32"]
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-@dataclass(frozen=True)
-class RankInfo:
-    rank: int
-    local_rank: int
-    world_size: int
-
-    @classmethod
-    def from_env(cls) -> "RankInfo":
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
-                   int(os.environ.get("WORLD_SIZE", "1")))
-
-
-def setup_logging(rank: int) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-
-
-def start_rank(job: JobFile, needs_model: str | None = None) -> tuple[RankInfo, JobDir, HeartbeatCallback]:
-    """What every rank does first: logging, then a 'loading' heartbeat (the supervisor's start-up
-    clock runs from here), then the plan's model, checked before anything slow is loaded, then
-    what the node must have before any process group exists (the converted model, DeepSpeed's ops)."""
-    ranks = RankInfo.from_env()
-    setup_logging(ranks.rank)
-    jd = JobDir(Path(job.job_dir))
-    heartbeat = HeartbeatCallback(jd.heartbeat(ranks.rank), ranks.rank, job.attempt)
-    heartbeat.beat("loading")
-    if needs_model is not None and job.model is None:
-        raise ValueError(f"{job.method} needs a model{needs_model}")
-    prepare_node(job)
-    return ranks, jd, heartbeat
-
-
-def prepare_node(job: JobFile) -> None:
-    """Node-shared files, made before TrainingArguments starts the process group: a conversion
-    done inside one depends on the rank (DESIGN.md), and a JIT build under it races the others."""
-    if job.model is not None and job.model.gguf:
-        converted_gguf(resolve_gguf(job.model.gguf))
-    if job.deepspeed is not None:
-        jit_ops.prepare(job.deepspeed)
-
-
-def resolve_precision(requested: str) -> Precision:
-    """auto: bf16 on GPUs that support it, fp32 otherwise. CPU always trains in fp32: CPU runs are
-    tests and demos, and DeepSpeed's CPU path is only exercised here in fp32."""
-    if not torch.cuda.is_available():
-        if requested not in ("auto", "fp32"):
-            log.warning("precision %s requested but no CUDA device: training in fp32", requested)
-        return "fp32"
-    if requested == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return requested  # type: ignore[return-value]
-
 
 def training_arguments(job: JobFile, precision: Precision, has_eval: bool) -> TrainingArguments:
     """HF TrainingArguments from the job's TrainingSpec (transformers 5.x names).
@@ -173,30 +116,27 @@ class MethodTrainer(Trainer):
             del model.save_pretrained  # back to the class method
 
 
-def dist_info(model: torch.nn.Module | None = None) -> dict[str, Any]:
-    """The process group as this rank sees it: tests check gloo on CPU and the world size. Given the
-    trained model under ZeRO-3, also how its trainable parameters are partitioned (`zero3`)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        info: dict[str, Any] = {"backend": str(torch.distributed.get_backend()),
-                                "world_size": torch.distributed.get_world_size()}
-    else:
-        info = {"backend": None, "world_size": 1}
-    summary = partition_summary(model) if model is not None else None
-    if summary is not None:
-        info["zero3"] = asdict(summary)
-    return info
-
-
-def write_result(job: JobFile, result: Result) -> None:
-    contract_write_result(JobDir(Path(job.job_dir)).result, result)
-
-
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def finish_distributed() -> None:
-    """Leave the process group cleanly, so a finished rank does not linger in gloo/NCCL teardown."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+def finish_training(rank: RankJob, trainer: Trainer, out: Any, *, save_to: Path | None, adapter: bool,
+                    model: torch.nn.Module | None = None, extra_metrics: dict[str, float] | None = None) -> int:
+    """The end of every Trainer recipe: the save (every rank calls save_model: under ZeRO-3 it
+    gathers the partitioned weights collectively; rank 0 writes), the result, the rank's finish.
+
+    `adapter`: what was saved is a LoRA adapter over the job's model (the result names it, and any
+    frozen start adapter under it, for the jobs that use it). `model`: the trained model, whose
+    ZeRO-3 partitioning the result then records."""
+    job = rank.job
+    metrics = numeric(out.metrics) | {"global_step": float(out.global_step)} | (extra_metrics or {})
+    if save_to is not None:
+        trainer.save_model(str(save_to))
+    result = Result(status="succeeded", metrics=metrics, dist=dist_info(model))
+    if adapter:
+        assert job.model is not None
+        start = job.model.adapter
+        result.adapter = str(save_to) if save_to is not None else None
+        result.start_adapter = start
+        result.start_adapter_mode = job.model.adapter_mode if start else None
+    return rank.finish(result, out.global_step)

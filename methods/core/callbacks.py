@@ -12,6 +12,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from launcher.contract import append_jsonl, checkpoints as ckpt, own_peak_rss_mib, write_heartbeat, Heartbeat, Phase
+from methods.core.dist import barrier
 
 
 def _mib(n: int) -> float:
@@ -115,11 +116,6 @@ class MetricsCallback(TrainerCallback):
                 rec.extra[key] = float(value)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.path, asdict(rec))
-
-
-def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 class CheckpointCallback(TrainerCallback):

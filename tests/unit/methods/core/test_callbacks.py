@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from launcher import heartbeat
-from methods import callbacks
-from methods.callbacks import HeartbeatCallback
+from methods.core import callbacks
+from methods.core.callbacks import HeartbeatCallback
 
 
 def test_advance_counts_units_and_throttles_writes(tmp_path, monkeypatch):
