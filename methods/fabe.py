@@ -160,7 +160,7 @@ def run(job: JobFile) -> int:
     has_eval = "eval" in job.data
     args = training_arguments(job, precision, has_eval)  # before the model: ZeRO-3 partitions at load
 
-    # LoRA's A matrices come from the global RNG: seeded here, as sft.setup does, the initial adapter
+    # LoRA's A matrices come from the global RNG: seeded here, as core.finetune.setup does, the initial adapter
     # depends on training.seed only (ZeRO-3's partitioned load draws from it differently than ZeRO-2's).
     set_seed(job.training.seed)
     tokenizer = load_tokenizer(job.model)

@@ -27,7 +27,7 @@ from methods.data import SFTCollator, SFTDataset, role_rows, to_records
 from methods.lisa_state import (STATE_FILE, STATE_VERSION, GuidePosition, GuideStream, LisaSchedule, Mode, drift,
                                 tensor_digest)
 from methods.params import LisaParams
-from methods.sft import Setup, setup
+from methods.core.finetune import Setup, setup
 from methods.zero import gathered, snapshot
 
 log = logging.getLogger(__name__)

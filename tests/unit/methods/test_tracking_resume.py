@@ -11,7 +11,8 @@ from transformers import TrainerCallback
 
 from launcher.layout import JobDir
 from launcher.spec import CheckpointSpec, JobFile
-from methods import sft, tracking
+from methods import tracking
+from methods.core import finetune
 from methods.core.training import MethodTrainer
 from methods.data import SFTCollator
 from methods.params import SFTParams
@@ -39,7 +40,7 @@ class Dies(TrainerCallback):
 
 
 def _attempt(job: JobFile, dies: bool) -> None:
-    s = sft.setup(job, SFTParams.model_validate(job.params))
+    s = finetune.setup(job, SFTParams.model_validate(job.params))
     extra = [Dies()] if dies else []
     trainer = MethodTrainer(model=s.model, args=s.args, train_dataset=s.train_ds,
                             data_collator=SFTCollator(s.tokenizer.pad_token_id), processing_class=s.tokenizer,

@@ -93,7 +93,8 @@ def test_every_torch_method_starts_and_ends_through_the_core() -> None:
         tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
         calls = called_names(tree)
         assert not calls & CORE_ONLY, f"{module} makes its own {sorted(calls & CORE_ONLY)}: use methods.core"
-        if module != "methods.lisa":   # Lisa starts through sft.setup
-            assert "start" in calls and any(isinstance(n, ast.ImportFrom) and n.module == "methods.core.rank"
-                                            for n in ast.walk(tree)), f"{module} does not start with RankJob.start"
+        imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        starts = ("methods.core.rank", "RankJob") in imported and "start" in calls
+        starts_finetune = ("methods.core.finetune", "setup") in imported and "setup" in calls
+        assert starts or starts_finetune, f"{module} does not start with RankJob.start (or core.finetune.setup)"
         assert "finish" in calls or "finish_training" in calls, f"{module} does not end with the core's finish"
