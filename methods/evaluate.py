@@ -105,15 +105,9 @@ def fa_correct(answer: str, label_word: str) -> bool:
 
 # ---- ranks -----------------------------------------------------------------------------------
 
-def gather(local: list[tuple[int, Any]], ranks: RankInfo) -> list[Any]:
+def gather(local: list[tuple[int, Any]]) -> list[Any]:
     """Every rank's (index, value) pairs, merged in index order."""
-    if ranks.world_size == 1:
-        parts = [local]
-    else:
-        parts = [None] * ranks.world_size
-        torch.distributed.all_gather_object(parts, local)
-    merged = sorted((pair for part in parts for pair in part), key=lambda p: p[0])  # type: ignore[union-attr]
-    return [v for _, v in merged]
+    return [v for _, v in sorted(dist.gather_objects(local), key=lambda p: p[0])]
 
 
 def output_name(job: JobFile, params: EvalParams) -> str:
@@ -179,7 +173,7 @@ def run_hs(ctx: Context, params: EvalHSParams) -> Result | None:
     else:
         judge = KeywordJudge()
     verdicts = judge.judge([records[i].instruction for i in mine], answers, on_batch=ctx.progress.stage)
-    rows_out = gather([(i, (a, asdict(v))) for i, a, v in zip(mine, answers, verdicts)], ctx.ranks)
+    rows_out = gather([(i, (a, asdict(v))) for i, a, v in zip(mine, answers, verdicts)])
     if ctx.ranks.rank != 0:
         return None
     n = len(records)
@@ -206,7 +200,7 @@ def run_fa(ctx: Context, params: EvalFAParams) -> Result | None:
     rows = read_rows(ctx.job.data["eval"])[: params.num_samples]
     items = fa_items(rows, params.instruction)
     mine, answers, template, chain = answers_for(ctx, params, [it.record for it in items])
-    answers_all = gather(list(zip(mine, answers)), ctx.ranks)
+    answers_all = gather(list(zip(mine, answers)))
     if ctx.ranks.rank != 0:
         return None
     out: list[Any] = []
