@@ -14,16 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import set_seed
-
 from launcher.contract import JobFile
-from methods.core.precision import DTYPES, resolve_precision
-from methods.core.rank import RankJob
-from methods.core.training import MethodTrainer, finish_training, training_arguments
+from methods.core.finetune import lora_model
+from methods.core.training import MethodTrainer, finish_training
 from methods.data import IGNORE_INDEX, read_rows, resolve_template
 from methods.fabe_data import (SHARED_PROMPT_ATTENTION, RankedCollator, RankedDataset, packed_attention_mask,
                                to_ranked_records)
-from methods.models import attach_adapters, load_base_model, load_tokenizer, trainable_parameters
 from methods.params import FABEParams
 from methods.ranking import ranking_loss
 
@@ -120,11 +116,6 @@ class FABETrainer(MethodTrainer):
         super().log(logs, start_time)
 
 
-def attention_implementation(model: torch.nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return str(getattr(config, "_attn_implementation", None) or "eager")
-
-
 def training_dropout(model: torch.nn.Module) -> list[str]:
     """Where dropout acts while training: Dropout modules with p > 0 (PEFT's lora_dropout among them)
     and the config's dropout rates > 0 (attention dropout is functional, it has no module)."""
@@ -154,30 +145,18 @@ def use_shared_prompt(requested: bool, attn: str, model: torch.nn.Module) -> tup
 
 
 def run(job: JobFile) -> int:
-    rank = RankJob.start(job, needs_model="")
     params = FABEParams.model_validate(job.params)
-    precision = resolve_precision(job.training.precision)
-    has_eval = "eval" in job.data
-    args = training_arguments(job, precision, has_eval)  # before the model: ZeRO-3 partitions at load
-
-    # LoRA's A matrices come from the global RNG: seeded here, as core.finetune.setup does, the initial adapter
-    # depends on training.seed only (ZeRO-3's partitioned load draws from it differently than ZeRO-2's).
-    set_seed(job.training.seed)
-    tokenizer = load_tokenizer(job.model)
-    model = load_base_model(job.model, tokenizer, DTYPES[precision])
-    attn = attention_implementation(model)
-    model = attach_adapters(model, job.model, job.training.lora, job.training.gradient_checkpointing)
-    shared, why_not = use_shared_prompt(params.shared_prompt, attn, model)   # after LoRA: its dropout counts
+    m = lora_model(job)
+    rank, tokenizer, model = m.rank, m.tokenizer, m.model
+    shared, why_not = use_shared_prompt(params.shared_prompt, m.attn, model)   # after LoRA: its dropout counts
     if params.shared_prompt and not shared:
         log.warning("shared_prompt off, candidates get their own copy of the prompt: %s", why_not)
-    n_train, n_total = trainable_parameters(model)
-    log.info("model ready: %d / %d parameters trainable, precision %s, attention %s", n_train, n_total, precision, attn)
 
     template = resolve_template(params.template, tokenizer)
     records = to_ranked_records(read_rows(job.data["train"]), "train", params.num_candidates)
     train_ds = RankedDataset.from_records(records, template, tokenizer, job.training.max_length)
     eval_ds = None
-    if has_eval:
+    if m.has_eval:
         eval_ds = RankedDataset.from_records(to_ranked_records(read_rows(job.data["eval"]), "eval", params.num_candidates),
                                              template, tokenizer, job.training.max_length)
     log.info("template %s, %s loss, MLE on %s, %s prompt: %d samples x %d candidates", template, params.ranking_loss,
@@ -185,7 +164,7 @@ def run(job: JobFile) -> int:
 
     trainer = FABETrainer(
         model=model,
-        args=args,
+        args=m.args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=RankedCollator(tokenizer.pad_token_id, shared_prompt=shared),
@@ -193,7 +172,7 @@ def run(job: JobFile) -> int:
         callbacks=rank.training_callbacks(),
         recorder=rank.recorder(train_ds.sample_ids),
         loss_config=FABELossConfig.from_params(params),
-        attn_implementation=attn,
+        attn_implementation=m.attn,
     )
     out = trainer.train(resume_from_checkpoint=job.resume_from)
     return finish_training(rank, trainer, out, save_to=rank.jd.adapter if params.save_adapter else None, adapter=True,

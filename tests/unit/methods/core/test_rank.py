@@ -95,6 +95,6 @@ def test_every_torch_method_starts_and_ends_through_the_core() -> None:
         assert not calls & CORE_ONLY, f"{module} makes its own {sorted(calls & CORE_ONLY)}: use methods.core"
         imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
         starts = ("methods.core.rank", "RankJob") in imported and "start" in calls
-        starts_finetune = ("methods.core.finetune", "setup") in imported and "setup" in calls
-        assert starts or starts_finetune, f"{module} does not start with RankJob.start (or core.finetune.setup)"
+        starts_finetune = any(("methods.core.finetune", f) in imported and f in calls for f in ("setup", "lora_model"))
+        assert starts or starts_finetune, f"{module} does not start with RankJob.start (or core.finetune's setup / lora_model)"
         assert "finish" in calls or "finish_training" in calls, f"{module} does not end with the core's finish"
