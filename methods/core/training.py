@@ -1,6 +1,6 @@
-"""What every Trainer-based recipe shares: precision, TrainingArguments from the TrainingSpec, a
-Trainer that records the samples each rank trained on, and the end of training (the save, the
-result, the rank's finish)."""
+"""What every Trainer-based recipe shares: TrainingArguments from the TrainingSpec, a Trainer that
+records the samples each rank trained on, and the end of training (the save, the result, the
+rank's finish). Precision is core/precision.py's."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from methods.core.rank import RankInfo, RankJob
 from methods.models import TRAINABLE_ADAPTER
 
 log = logging.getLogger(__name__)
+
 
 def training_arguments(job: JobFile, precision: Precision, has_eval: bool) -> TrainingArguments:
     """HF TrainingArguments from the job's TrainingSpec (transformers 5.x names).
