@@ -14,7 +14,8 @@ Three exclusive/packed pairs, the order alternating; the ratio is each pair's, t
 with its range. Target: packed makespan <= 0.35 x exclusive in every pair, no OOM, no GPU over capacity.
 On a VM the packed side pays for its first wave: 14 GiB made resident at once after an idle spell
 took 16-23 s on this 2-vCPU Firecracker guest against 5-7 s right after another wave, however the
-pages were faulted (likely free page reporting: idle memory goes back to the host); the ratio is reported as measured.
+pages were faulted (likely free page reporting: idle memory goes back to the host); the ratio is
+reported as measured.
 """
 
 from __future__ import annotations
