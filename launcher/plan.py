@@ -7,10 +7,7 @@ what is expected, before anything starts. See docs in README "Plan reference".
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
-import types
-import typing
 import json
 import re
 import string
@@ -24,6 +21,8 @@ from launcher import commandjob, dsconfig, pathcheck, plantext
 from launcher.graph import JobGraph, find_cycle
 from launcher.layout import OUTPUTS
 from launcher.pathcheck import NAME_CHARS_MAX
+from launcher.planedits import apply_set, deep_merge, name_part, set_path
+from launcher.planproblems import PlanError, Problem, pydantic_problems
 from launcher.resources import ClusterShape
 from launcher.spec import (CheckpointSpec, DataSource, HangSpec, ModelSpec, Resources, RetrySpec,
                            TrainingSpec)
@@ -32,22 +31,6 @@ from methods.registry import METHODS
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 REF_RE = re.compile(r"\$\{([A-Za-z0-9_.=-]+)\.([a-z_]+)\}")
 HUB_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.message}"
-
-
-class PlanError(Exception):
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 class JobConfig(BaseModel):
@@ -131,64 +114,6 @@ class Plan:
         return JobGraph({n: j.needs for n, j in self.jobs.items()})
 
 
-# --------------------------------------------------------------------------- raw YAML handling
-
-def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
-    return ".".join(str(p) for p in parts)
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` wins; nested mappings merge, everything else (lists included) is replaced."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def apply_set(raw: dict[str, Any], assignment: str) -> None:
-    """`key.path=value`, value parsed as YAML (so 3, 0.1, true, [1,2] get their types)."""
-    if "=" not in assignment:
-        raise ValueError(f"--set {assignment!r}: expected key.path=value")
-    path, value = assignment.split("=", 1)
-    keys = path.strip().split(".")
-    if not all(keys):
-        raise ValueError(f"--set {assignment!r}: empty key in {path!r}")
-    try:
-        parsed = plantext.yaml_value(value) if value != "" else ""
-    except ValueError as e:  # load_plan reports it as a problem, not a traceback
-        raise ValueError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
-    node = raw
-    for k in keys[:-1]:
-        nxt = node.get(k)
-        if nxt is None:
-            nxt = node[k] = {}
-        if not isinstance(nxt, dict):
-            raise ValueError(f"--set {assignment!r}: {k!r} is not a mapping")
-        node = nxt
-    node[keys[-1]] = parsed
-
-
-def _set_path(d: dict[str, Any], dotted: str, value: Any) -> str | None:
-    """Set a dotted matrix key in a job body; the reason when a key on the way holds no mapping."""
-    keys = dotted.split(".")
-    for i, k in enumerate(keys[:-1]):
-        if k not in d:
-            d[k] = {}
-        if not isinstance(d[k], dict):
-            return (f"{'.'.join(keys[:i + 1])} is {pathcheck.clip(d[k])}, not a mapping: a dotted matrix key must name a "
-                    f"value (e.g. training.max_steps)")
-        d = d[k]
-    d[keys[-1]] = value
-    return None
-
-
-def _fmt(v: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]", "-", str(v))
-
-
 # --------------------------------------------------------------------------- loading
 
 def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterShape | None = None,
@@ -218,7 +143,7 @@ def load_plan(path: str | Path, sets: list[str] | None = None, cluster: ClusterS
     try:
         top = PlanFile.model_validate(raw)
     except ValidationError as e:
-        problems.extend(_pyd_problems(fname, (), e, PlanFile))
+        problems.extend(pydantic_problems(fname, (), e, PlanFile))
         try:  # a top-level typo alone: still check the jobs, so every problem is reported at once
             top = PlanFile.model_validate({k: v for k, v in raw.items() if k in PlanFile.model_fields})
         except ValidationError:
@@ -247,54 +172,6 @@ def _plan_name_problems(name: str | None, path: Path) -> list[str]:
     if len(name) > NAME_CHARS_MAX:
         return [f"{len(name)} characters; at most {NAME_CHARS_MAX} {why}"]
     return []
-
-
-def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """The keys allowed in the mapping at `loc` inside `model` (None when not a schema object)."""
-    tp: Any = model
-    for part in loc:
-        origin = typing.get_origin(tp)
-        if origin in (typing.Union, types.UnionType):  # Optional[X]: the non-None member
-            members = [a for a in typing.get_args(tp) if a is not type(None)]
-            tp = members[0] if len(members) == 1 else None
-            origin = typing.get_origin(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
-            tp = tp.model_fields[part].annotation
-        elif origin is dict:
-            tp = typing.get_args(tp)[1]
-        elif origin is list:
-            tp = typing.get_args(tp)[0]
-        else:
-            return None
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = members[0] if len(members) == 1 else None
-    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-
-
-def _pyd_problems(fname: str, prefix: tuple[Any, ...], e: ValidationError,
-                  model: type[BaseModel] | None = None) -> list[Problem]:
-    out = []
-    for err in e.errors():
-        loc = prefix + tuple(err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            key = err["loc"][-1]
-            allowed = _keys_at(model, tuple(err["loc"][:-1])) if model is not None else None
-            msg = f"unknown key {key!r}"
-            if allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                msg += (f" (did you mean {close[0]!r}?)" if close else "") + f"; expected one of {', '.join(allowed)}"
-            else:
-                msg += " (check the spelling; see the plan reference in README)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        elif "input" in err:
-            msg = f"{msg} (got {err['input']!r})"
-        out.append(Problem(fname, _loc(loc), msg))
-    return out
 
 
 @dataclass
@@ -357,14 +234,14 @@ class _Ctx:
     def _one(self, base: str, where: str, merged: dict[str, Any], combo: dict[str, Any]) -> Job | None:
         body = copy.deepcopy(merged)
         for key, value in combo.items():
-            why = _set_path(body, key if "." in key else f"params.{key}", value)
+            why = set_path(body, key if "." in key else f"params.{key}", value)
             if why:
                 self.err(f"{where}.matrix.{key}", why)
                 return None
         try:
             cfg = JobConfig.model_validate(body)
         except ValidationError as e:
-            self.problems.extend(_pyd_problems(self.fname, ("jobs", base), e, JobConfig))
+            self.problems.extend(pydantic_problems(self.fname, ("jobs", base), e, JobConfig))
             # Still check the method's params, so their typos are reported in the same pass.
             method, params = body.get("method"), body.get("params")
             info = METHODS.get(method) if isinstance(method, str) else None
@@ -372,7 +249,7 @@ class _Ctx:
                 try:
                     info.params.model_validate(params)
                 except ValidationError as pe:
-                    self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), pe, info.params))
+                    self.problems.extend(pydantic_problems(self.fname, ("jobs", base, "params"), pe, info.params))
             return None
         info = METHODS.get(cfg.method)
         if info is None:
@@ -381,7 +258,7 @@ class _Ctx:
         try:
             params = info.params.model_validate(cfg.params).model_dump()
         except ValidationError as e:
-            self.problems.extend(_pyd_problems(self.fname, ("jobs", base, "params"), e, info.params))
+            self.problems.extend(pydantic_problems(self.fname, ("jobs", base, "params"), e, info.params))
             return None
         if info.prepare is not None:
             params = info.prepare(params, self.plan_dir, where, self.err)
@@ -408,11 +285,11 @@ class _Ctx:
         if cfg.name_template:
             fields = {**params, **{k.rsplit(".", 1)[-1]: v for k, v in combo.items()}, "job": base, "method": cfg.method,
                       "model": cfg.model.short_name() if cfg.model else "none"}
-            name = self._fill_template(f"{where}.name_template", cfg.name_template, {k: _fmt(v) for k, v in fields.items()})
+            name = self._fill_template(f"{where}.name_template", cfg.name_template, {k: name_part(v) for k, v in fields.items()})
             if name is None:
                 return None
         else:
-            name = base + "." + ".".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in combo.items())
+            name = base + "." + ".".join(f"{k.rsplit('.', 1)[-1]}={name_part(v)}" for k, v in combo.items())
         if not NAME_RE.match(name):
             self.err(f"{where}.name_template", f"gives {name!r}, not a valid job name (letters, digits, _ . = -)")
             return None
