@@ -74,5 +74,5 @@ def pydantic_problems(fname: str, prefix: tuple[Any, ...], e: ValidationError,
             msg = msg.removeprefix("Value error, ")
         elif "input" in err:
             msg = f"{msg} (got {err['input']!r})"
-        out.append(Problem(fname, '.'.join(str(p) for p in loc), msg))
+        out.append(Problem(fname, ".".join(str(p) for p in loc), msg))
     return out
