@@ -12,10 +12,11 @@ samples. Full: the issue's sizes (3 GiB each, 24 GiB GPUs), which needs ~40 GiB 
 quick: 1 GiB each on 12 GiB GPUs (7 to a GPU, ~16 GiB of free RAM; the headroom and margin have floors).
 Three exclusive/packed pairs, the order alternating; the ratio is each pair's, the median reported
 with its range. Target: packed makespan <= 0.35 x exclusive in every pair, no OOM, no GPU over capacity.
-On a VM the packed side pays for its first wave: 14 GiB made resident at once after an idle spell
-took 16-23 s on this 2-vCPU Firecracker guest against 5-7 s right after another wave, however the
-pages were faulted (likely free page reporting: idle memory goes back to the host); the ratio is
-reported as measured.
+On a VM the packed side pays for its first wave: this 2-vCPU Firecracker guest reports free pages
+to its host (balloon feature bit 5; the kernel's reported_kib counter grew 11-13 GiB in 30 s idle),
+and 14 x 1 GiB made resident at once took 17-19 s after 30 s idle against 4-8 s right after another
+wave (huge pages: 16-18 s against 2 s, so the host's faults, not the guest's, are the cost). A GPU
+allocation pays none of it; the ratio is reported as measured.
 """
 
 from __future__ import annotations
