@@ -7,12 +7,13 @@ states; the supervisor's watch and `FailurePolicy` decide finish / restart / giv
 object writes run.db. Nothing in the loop blocks: the executor's `wait` returns as soon as any
 event is there, releases run in its worker threads and come back as `ReleaseDone`, back-off is
 a deadline on the wait. An unexpected error in one job's handling fails that job, not the run.
+How a run or a job is stopped (bin/kill, signals, a journal that cannot be written) is in
+`launcher.control.stopping`.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
@@ -22,11 +23,11 @@ from launcher import checkpoints, monitor, rundir
 from launcher.contract.result import read_result
 from launcher.control import changes, packing, restore
 from launcher.control.progress import progress_due
-from launcher.control import requests as control
 from launcher.control.executor import (AttemptFailed, Event, Executor, NodesChanged, ReleaseDone, ReleaseOrder,
                                        Reported, Reserved, ReserveOrder, Spawned, StartOrder)
 from launcher.control.records import AfterRelease, Attempt, JobRun
-from launcher.control.states import JobState
+from launcher.control.states import FINAL, LIVE, JobState
+from launcher.control.stopping import Stopping
 from launcher.journal import Decision, Journal, JournalError, ProcessRecord
 from launcher.layout import RunDir
 from launcher.node.messages import Released, SweepTarget
@@ -40,9 +41,6 @@ from launcher.supervision.watch import LEARNED_PHASES, AttemptWatch, Observation
 
 log = logging.getLogger("launcher")
 PASS_S = 0.25          # a scheduling pass at least this often while jobs wait: reservations move with time
-RELEASE_WAIT_S = 200.0  # on top of the grace: how long a stop waits for the releases it began
-FINAL = tuple(s for s in JobState if s.is_terminal)
-LIVE = (JobState.PLACING, JobState.STARTING, JobState.RUNNING)   # an attempt that has not begun its release
 # Which events an attempt can be sent in each state; any other is late (its release began) and dropped.
 EXPECTED: dict[type, tuple[JobState, ...]] = {
     Reserved: (JobState.PLACING,), Spawned: (JobState.STARTING,), Reported: (JobState.RUNNING,),
@@ -54,7 +52,7 @@ class Metrics(Protocol):
     def update(self, job: str, step: int, total: int | None, loss: float | None, attempt: int) -> None: ...
 
 
-class Controller:
+class Controller(Stopping):
     def __init__(self, plan: Plan, rd: RunDir, journal: Journal, env: dict[str, dict[str, str]], books: Books,
                  executor: Executor, policy: str = "backfill", clock: Callable[[], float] = time.time,
                  metrics: Metrics | None = None, memory_backend: str = "host"):
@@ -170,70 +168,6 @@ class Controller:
             self._begin_release(jr, grace=2.0, dump_stacks=False, then=fail)
         else:
             self._end_job(jr, "failed", reason, failure="crash")
-
-    def _journal_failed(self, e: JournalError) -> str:
-        """The journal cannot be written (disk full, most often): stop every rank first (that needs
-        no journal, and frees what they would write), then give back the space reserved at the
-        start and close the journal consistently: the run and its jobs end failed, with why."""
-        log.error("the journal cannot be written: %s; stopping the run", e)
-        waiting = set()
-        for jr in self.jobs.values():
-            a = jr.current
-            if a is None or a.ended:
-                continue
-            if jr.state in LIVE:
-                self.ex.release(ReleaseOrder(jr.job.name, a.n, grace=2.0))
-            if jr.state in LIVE or jr.stopping is not None:
-                waiting.add((jr.job.name, a.n))
-        self._drain(waiting, self.clock() + 2.0 + RELEASE_WAIT_S, lambda _ev: None)
-        rundir.free_reserve(self.rd)
-        why = f"the journal could not be written ({e}); free space and bin/resume {self.run_id}"
-        try:
-            for jr in self.jobs.values():
-                a = jr.current
-                if a is not None and a.recorded and not a.ended:
-                    self.journal.end_attempt(jr.job.name, a.n, "failed", "lost", {}, a.step, detail=why)
-                if jr.state not in FINAL:
-                    self.journal.set_job(jr.job.name, state="failed", reason=why)
-            self.journal.set_run(state="failed", ended=time.time())
-            self.journal.event("run", f"run failed: {why}")
-        except JournalError as again:
-            log.error("the journal still cannot be written (%s): bin/status will show the driver gone", again)
-        return "failed"
-
-    def _drain(self, waiting: set[tuple[str, int]], deadline: float, done: Callable[[ReleaseDone], None]) -> None:
-        """Only releases, until those in `waiting` are over or the deadline passes (a stop)."""
-        while waiting and self.clock() < deadline:
-            for ev in self.ex.wait(min(deadline, self.clock() + 1.0)):
-                if isinstance(ev, ReleaseDone) and (ev.job, ev.attempt) in waiting:
-                    waiting.discard((ev.job, ev.attempt))
-                    done(ev)
-
-    def _handle_requests(self) -> bool:
-        """bin/kill requests; True when the whole run was killed."""
-        for path, req in control.pending(self.rd.root):
-            path.unlink(missing_ok=True)
-            grace = 0.0 if req.force else 10.0
-            why = f"killed by {req.by}" + (" (forced)" if req.force else "")
-            if req.job is None:
-                self._kill_all(why, grace)
-                return True
-            jr = self.jobs.get(req.job)
-            if jr is None or jr.state in FINAL:
-                self._say(f"kill request for {req.job}: nothing to kill", req.job)
-                continue
-            self._isolated(jr, lambda j: self._kill_job(j, why, grace))
-        return False
-
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def stop(*_: object) -> None:
-            self.stop_requested.set()
-            self.ex.wake()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, stop)
 
     def _finished(self) -> bool:
         return all(jr.state in FINAL for jr in self.jobs.values())
@@ -548,29 +482,3 @@ class Controller:
         if jr.bad_checkpoints.get(path) != ident:
             jr.bad_checkpoints[path] = ident
             self.journal.record_decision(Decision(jr.job.name, "bad_checkpoint", {"path": str(path), "identity": ident}))
-
-    def _kill_job(self, jr: JobRun, why: str, grace: float = 10.0) -> None:
-        """Placing, starting or running: its reservation and ranks go first (ranks of a start still
-        in flight are stopped too: a host runs its calls in order)."""
-        if jr.state == JobState.STOPPING:
-            jr.kill_reason = why
-            return
-        if jr.current is not None and not jr.current.ended and jr.state in LIVE:
-            self._begin_release(jr, grace, dump_stacks=False,
-                                then=lambda res: self._end_job(jr, "killed", why, codes=res.exit_codes))
-            return
-        self._end_job(jr, "killed", why)
-
-    def _kill_all(self, why: str, grace: float = 10.0) -> None:
-        for jr in self.jobs.values():
-            if jr.state not in FINAL:
-                self._isolated(jr, lambda j: self._kill_job(j, why, grace))
-        # The releases run side by side; wait for all of them, and put right those that never answer.
-        waiting = {(jr.job.name, jr.current.n) for jr in self.jobs.values()
-                   if jr.stopping is not None and jr.current is not None}
-        self._drain(waiting, self.clock() + grace + RELEASE_WAIT_S, self._dispatch)
-        for jr in self.jobs.values():
-            if jr.stopping is not None:
-                late = Released(notes=[f"the release did not finish within {grace + RELEASE_WAIT_S:.0f}s"])
-                self._isolated(jr, lambda j: self._on_release_done(j, late))
-        self._say(f"run stopped: {why}")
