@@ -29,15 +29,20 @@ class PlanError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+def _unwrap_optional(tp: Any) -> Any:
+    """Optional[X] -> X (a union of more than one type -> None: no single schema); others as they are."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        return members[0] if len(members) == 1 else None
+    return tp
+
+
 def keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """The keys allowed in the mapping at `loc` inside `model` (None when not a schema object)."""
     tp: Any = model
     for part in loc:
+        tp = _unwrap_optional(tp)
         origin = typing.get_origin(tp)
-        if origin in (typing.Union, types.UnionType):  # Optional[X]: the non-None member
-            members = [a for a in typing.get_args(tp) if a is not type(None)]
-            tp = members[0] if len(members) == 1 else None
-            origin = typing.get_origin(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
             tp = tp.model_fields[part].annotation
         elif origin is dict:
@@ -46,9 +51,7 @@ def keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
             tp = typing.get_args(tp)[0]
         else:
             return None
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = members[0] if len(members) == 1 else None
+    tp = _unwrap_optional(tp)
     return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
