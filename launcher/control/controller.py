@@ -26,7 +26,7 @@ from launcher.control.progress import progress_due
 from launcher.control.executor import (AttemptFailed, Event, Executor, NodesChanged, ReleaseDone, ReleaseOrder,
                                        Reported, Reserved, ReserveOrder, Spawned, StartOrder)
 from launcher.control.records import AfterRelease, Attempt, JobRun
-from launcher.control.states import FINAL, LIVE, JobState
+from launcher.control.states import LIVE, TERMINAL, JobState
 from launcher.control.stopping import Stopping
 from launcher.journal import Decision, Journal, JournalError, ProcessRecord
 from launcher.layout import RunDir
@@ -170,7 +170,7 @@ class Controller(Stopping):
             self._end_job(jr, "failed", reason, failure="crash")
 
     def _finished(self) -> bool:
-        return all(jr.state in FINAL for jr in self.jobs.values())
+        return all(jr.state in TERMINAL for jr in self.jobs.values())
 
     def _say(self, msg: str, job: str | None = None, kind: str = "info", **data: Any) -> None:
         log.info("%s%s", f"{job}: " if job else "", msg)
@@ -375,7 +375,7 @@ class Controller(Stopping):
         self._released(jr, res)
         if then is not None:
             then(res)
-        if jr.kill_reason and jr.state not in FINAL:
+        if jr.kill_reason and jr.state not in TERMINAL:
             why, jr.kill_reason = jr.kill_reason, None
             self._end_job(jr, "killed", why)
 

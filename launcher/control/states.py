@@ -35,7 +35,6 @@ class JobState(StrEnum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.KILLED})
-FINAL = tuple(s for s in JobState if s.is_terminal)
 LIVE = (JobState.PLACING, JobState.STARTING, JobState.RUNNING)   # an attempt that has not begun its release
 
 S = JobState

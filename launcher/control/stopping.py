@@ -15,7 +15,7 @@ from launcher import rundir
 from launcher.control import requests as control
 from launcher.control.executor import Executor, ReleaseDone, ReleaseOrder
 from launcher.control.records import JobRun
-from launcher.control.states import FINAL, LIVE, JobState
+from launcher.control.states import LIVE, TERMINAL, JobState
 from launcher.journal import Journal, JournalError
 from launcher.layout import RunDir
 from launcher.node.messages import Released
@@ -45,7 +45,7 @@ class Stopping:
                 self._kill_all(why, grace)
                 return True
             jr = self.jobs.get(req.job)
-            if jr is None or jr.state in FINAL:
+            if jr is None or jr.state in TERMINAL:
                 self._say(f"kill request for {req.job}: nothing to kill", req.job)
                 continue
             self._isolated(jr, lambda j: self._kill_job(j, why, grace))
@@ -75,7 +75,7 @@ class Stopping:
 
     def _kill_all(self, why: str, grace: float = 10.0) -> None:
         for jr in self.jobs.values():
-            if jr.state not in FINAL:
+            if jr.state not in TERMINAL:
                 self._isolated(jr, lambda j: self._kill_job(j, why, grace))
         # The releases run side by side; wait for all of them, and put right those that never answer.
         waiting = {(jr.job.name, jr.current.n) for jr in self.jobs.values()
@@ -109,7 +109,7 @@ class Stopping:
                 a = jr.current
                 if a is not None and a.recorded and not a.ended:
                     self.journal.end_attempt(jr.job.name, a.n, "failed", "lost", {}, a.step, detail=why)
-                if jr.state not in FINAL:
+                if jr.state not in TERMINAL:
                     self.journal.set_job(jr.job.name, state="failed", reason=why)
             self.journal.set_run(state="failed", ended=time.time())
             self.journal.event("run", f"run failed: {why}")
